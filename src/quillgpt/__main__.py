@@ -1,0 +1,3 @@
+from quillgpt.cli import main
+
+raise SystemExit(main())

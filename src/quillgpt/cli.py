@@ -1,0 +1,311 @@
+"""The ``quill`` command line.
+
+    quill prepare shakespeare | --text FILE     tokenize a corpus into a dataset folder
+    quill train --preset cpu-small [--n-embd 256 ...]   train (every config field is a flag)
+    quill train --resume runs/cpu-small         continue a run where it stopped
+    quill sample RUN_DIR --prompt "ROMEO:"      stream a sample
+    quill info RUN_DIR                          parameters, config, last losses
+
+Problems with the user's input end in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from quillgpt.checkpoint import load_run
+from quillgpt.config import PRESETS, ModelConfig, RunConfig, TrainConfig, field_types, parse_value, preset
+from quillgpt.data import CORPORA, TokenDataset, prepare_corpus, prepare_file, resolve_dataset
+from quillgpt.errors import ConfigError, QuillError
+from quillgpt.sample import check_sampling, stream
+from quillgpt.train import Trainer, resolve_device
+
+EXIT_USAGE = 2
+NOT_FLAGS = {"vocab_size"}  # set from the tokenizer, never by hand
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (problem + where to look), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"quill: error: {message} (see '{self.prog} --help')\n")
+
+
+# ---------------------------------------------------------------------------------------
+# Config flags: one per dataclass field
+# ---------------------------------------------------------------------------------------
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        group = parser.add_argument_group(f"{section} config (default: the preset's value)")
+        for name, kind in field_types(cls).items():
+            if name in NOT_FLAGS:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if kind is bool:
+                group.add_argument(flag, dest=f"{section}.{name}", action=argparse.BooleanOptionalAction,
+                                   default=None)
+            else:
+                group.add_argument(flag, dest=f"{section}.{name}", metavar=kind.__name__.upper(), default=None)
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The config fields given on the command line, parsed into their types."""
+    overrides: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        for name, kind in field_types(cls).items():
+            value = getattr(args, f"{section}.{name}", None)
+            if value is not None:
+                overrides[section][name] = value if kind is bool else parse_value(name, value, kind)
+    return overrides
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
+    return RunConfig(model=dataclasses.replace(config.model, **overrides["model"]),
+                     train=dataclasses.replace(config.train, **overrides["train"]))
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    if args.text and args.name:
+        raise ConfigError("give either a corpus name or --text FILE, not both")
+    if args.text:
+        out = Path(args.out) if args.out else Path("data") / Path(args.text).stem
+        folder = prepare_file(args.text, out)
+    elif args.name:
+        folder = prepare_corpus(args.name, args.out, args.data)
+    else:
+        raise ConfigError(f"nothing to prepare: name a corpus ({', '.join(CORPORA)}) or pass --text FILE")
+    dataset = TokenDataset(folder)
+    split = dataset.meta["split"]
+    print(f"prepared {folder}: vocab {dataset.tokenizer.vocab_size}, "
+          f"{split['train_tokens']:,} train / {split['val_tokens']:,} val tokens")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = config_overrides(args)
+    if args.resume:
+        trainer = resume_trainer(Path(args.resume), overrides, progress=not args.no_progress)
+    else:
+        config = apply_overrides(preset(args.preset), overrides)
+        config.validate()
+        run_dir = choose_run_dir(config, args)
+        dataset = TokenDataset(resolve_dataset(config.train.dataset, args.data))
+        trainer = Trainer(config, dataset, run_dir, progress=not args.no_progress)
+        print(f"training {args.preset}: {trainer.model.num_parameters():,} parameters on "
+              f"{trainer.device} ({str(trainer.dtype).removeprefix('torch.')}), run dir {run_dir}")
+    result = trainer.train(stop_at=args.stop_at)
+    print(summarize(result))
+    if trainer.config.train.sample_chars:
+        print(f"\n--- sample ({trainer.config.train.sample_chars} tokens) ---")
+        print_sample(trainer.model, trainer.dataset.tokenizer, "", trainer.config.train.sample_chars,
+                     temperature=1.0, top_k=None, top_p=None, seed=trainer.config.train.seed, device=trainer.device)
+    return 0
+
+
+def choose_run_dir(config: RunConfig, args: argparse.Namespace) -> Path:
+    """The run directory; never silently reuses one that holds a run."""
+    if config.train.out_dir:
+        run_dir = Path(config.train.out_dir)
+        if (run_dir / "config.json").exists() and not args.overwrite:
+            raise ConfigError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
+                              "choose another --out-dir, or pass --overwrite to start over")
+        if args.overwrite:
+            _clear_run_dir(run_dir)
+        return run_dir
+    base = Path("runs") / args.preset
+    run_dir, n = base, 1
+    while (run_dir / "config.json").exists():  # keep earlier runs: runs/tiny, runs/tiny-2, ...
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    import shutil
+
+    for name in ("checkpoints", "latest.json", "best.json", "metrics.jsonl", "loss.png"):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+SAFE_TO_CHANGE_ON_RESUME = {"max_iters", "eval_interval", "eval_iters", "log_interval", "lr", "min_lr",
+                            "warmup_iters", "save_every", "keep_last", "sample_chars", "device", "dtype",
+                            "compile", "grad_clip", "lr_schedule"}
+
+
+def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress: bool) -> Trainer:
+    from quillgpt.checkpoint import read_config, resolve_checkpoint, verify_manifest
+
+    config = read_config(run_dir)
+    if overrides["model"]:
+        raise ConfigError(f"cannot change the model shape when resuming ({', '.join(overrides['model'])}): "
+                          "start a new run instead")
+    unsafe = sorted(set(overrides["train"]) - SAFE_TO_CHANGE_ON_RESUME)
+    if unsafe:
+        raise ConfigError(f"cannot change {', '.join(unsafe)} when resuming (only "
+                          f"{', '.join(sorted(SAFE_TO_CHANGE_ON_RESUME))}): start a new run instead")
+    config = apply_overrides(config, overrides)
+    config.validate()
+    checkpoint = resolve_checkpoint(run_dir, "latest")
+    verify_manifest(checkpoint)
+    trainer_state = json.loads((checkpoint / "trainer.json").read_text())
+    data_info = json.loads((run_dir / "data.json").read_text())
+    dataset = TokenDataset(resolve_dataset(data_info["dataset"]))
+    if dataset.source_sha256 != trainer_state.get("data_sha256"):
+        raise ConfigError(f"the dataset in {dataset.folder} changed since this run started (sha256 differs): "
+                          "restore it, or start a new run")
+    if dataset.tokenizer.to_dict() != json.loads((run_dir / "tokenizer.json").read_text()):
+        raise ConfigError(f"the tokenizer of {dataset.folder} differs from the run's: start a new run instead")
+    print(f"resuming {run_dir} from step {trainer_state['step']}")
+    return Trainer(config, dataset, run_dir, resume_state={"checkpoint": checkpoint, "trainer": trainer_state},
+                   progress=progress)
+
+
+def summarize(result: Any) -> str:
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
+    return (f"\ndone: {result.steps:,} steps in {result.seconds:.1f} s ({result.eval_seconds:.1f} s of it in evals); "
+            f"final train loss {fmt(result.train_loss)}, "
+            f"val loss {fmt(result.val_loss)}; best val {fmt(result.best_val_loss)} at step {result.best_step}\n"
+            f"run dir: {result.run_dir} (loss curve: {result.run_dir / 'loss.png'})\n"
+            f"sample:  quill sample {result.run_dir} --prompt \"ROMEO:\" --max-new-tokens 500")
+
+
+def print_sample(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int,
+                 temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
+                 device: torch.device) -> None:
+    """Stream a sample to stdout, one token as soon as it is drawn."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    ids = tokenizer.encode(prompt) if prompt else [tokenizer.stoi.get("\n", 0)]
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    sys.stdout.write(prompt)
+    for token in stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator):
+        sys.stdout.write(tokenizer.decode(token[0].tolist()))
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    device = resolve_device(args.device)
+    run = load_run(args.run_dir, which=args.checkpoint, device=device)
+    run.tokenizer.encode(args.prompt)  # fail on unknown characters before printing anything
+    print_sample(run.model, run.tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                 args.top_p, args.seed, device)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from quillgpt.metrics import MetricsLog
+
+    run = load_run(args.run_dir)
+    print(f"run:        {run.run_dir}")
+    print(f"parameters: {run.model.num_parameters():,}")
+    print(f"checkpoint: {run.checkpoint.name} (step {run.step})")
+    print(f"tokenizer:  {run.tokenizer.kind}, vocab {run.tokenizer.vocab_size}")
+    source_sha = str(run.data_info.get("source", {}).get("sha256"))
+    print(f"data:       {run.data_info.get('dataset')} (sha256 {source_sha[:12]}...)")
+    last = MetricsLog(run.run_dir / "metrics.jsonl").last_eval()
+    if last:
+        print(f"last eval:  step {last['step']}: train {last['train_loss']:.4f}, val {last['val_loss']:.4f}")
+    best = run.trainer_state.get("best_val")
+    if best is not None:
+        print(f"best val:   {best:.4f} at step {run.trainer_state.get('best_step')}")
+    print("config:")
+    for section, values in run.config.to_dict().items():
+        print(f"  {section}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Parser and entry point
+# ---------------------------------------------------------------------------------------
+
+
+def optional_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="quill", description="Build, train and sample small GPT language models.")
+    from quillgpt import __version__
+
+    parser.add_argument("--version", action="version", version=f"quillgpt {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    prep = commands.add_parser("prepare", help="tokenize a corpus into train.bin/val.bin/meta.json")
+    prep.add_argument("name", nargs="?", help=f"a registered corpus: {', '.join(CORPORA)}")
+    prep.add_argument("--text", help="a UTF-8 text file of your own")
+    prep.add_argument("--out", help="output folder (default: data/NAME)")
+    prep.add_argument("--data", help="where the named corpus file is, if not in the usual places")
+    prep.set_defaults(func=cmd_prepare)
+
+    train = commands.add_parser("train", help="train a model (every config field is a flag)")
+    train.add_argument("--preset", default="cpu-small", help=f"one of {', '.join(PRESETS)} (default cpu-small)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="start over in an --out-dir that holds a run")
+    train.add_argument("--data", help="where the named corpus file is, if not in the usual places")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--stop-at", type=optional_int, metavar="STEP",
+                       help="save a checkpoint and exit after this step (continue later with --resume)")
+    add_config_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    sample = commands.add_parser("sample", help="generate text from a trained run")
+    sample.add_argument("run_dir")
+    sample.add_argument("--prompt", default="", help="text to continue (default: start from a newline)")
+    sample.add_argument("--max-new-tokens", type=optional_int, default=500)
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--top-k", type=optional_int, default=None)
+    sample.add_argument("--top-p", type=float, default=None)
+    sample.add_argument("--seed", type=optional_int, default=None)
+    sample.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    sample.add_argument("--checkpoint", default="latest", help="latest or best")
+    sample.set_defaults(func=cmd_sample)
+
+    info = commands.add_parser("info", help="show a run's size, config and losses")
+    info.add_argument("run_dir")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except QuillError as exc:
+        print(f"quill: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("quill: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `quill sample ... | head`
+        return 0

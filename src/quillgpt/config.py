@@ -1,0 +1,250 @@
+"""Typed configuration: the model, the training run, and named presets.
+
+The CLI maps one flag onto each field (``--n-embd`` sets ``ModelConfig.n_embd``), and a
+run directory stores both dataclasses as JSON. Loading JSON goes through ``from_dict``,
+which rejects unknown keys and wrong types, so a hand-edited config fails loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from quillgpt.errors import ConfigError
+
+ARCHS = ("bigram", "gpt")
+ATTENTIONS = ("classic", "fused")
+NORMS = ("torch", "scratch")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the network. ``vocab_size`` comes from the tokenizer when training starts."""
+
+    arch: str = "gpt"
+    vocab_size: int = 65
+    block_size: int = 256  # the context length: how many tokens attention can see
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.2
+    attention: str = "fused"  # "classic": the lecture's per-head loop; "fused": SDPA
+    norm: str = "torch"  # "scratch": the lecture's hand-written LayerNorm
+
+    def validate(self) -> None:
+        _check_choice("arch", self.arch, ARCHS)
+        _check_choice("attention", self.attention, ATTENTIONS)
+        _check_choice("norm", self.norm, NORMS)
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            _check_positive(name, getattr(self, name))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}: use e.g. 0.0 or 0.2")
+        if self.arch == "gpt" and self.n_embd % self.n_head != 0:
+            lower = self.n_embd - self.n_embd % self.n_head
+            raise ConfigError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                f"use e.g. --n-embd {max(lower, self.n_head)} or --n-embd {lower + self.n_head}"
+            )
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass
+class TrainConfig:
+    """How to train: data, optimizer, schedule, evaluation, checkpoints, hardware."""
+
+    dataset: str = "shakespeare"  # a registered corpus name or a prepared dataset folder
+    out_dir: str = ""  # run directory; empty means runs/<preset>
+    batch_size: int = 64
+    max_iters: int = 5000
+    eval_interval: int = 500
+    eval_iters: int = 200
+    log_interval: int = 10
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    lr_schedule: str = "cosine"  # linear warmup, then cosine decay to min_lr
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    grad_accum: int = 1
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "float32"  # autocast dtype; "auto" picks bfloat16 where the hardware has it
+    compile: bool = False
+    save_every: int = 0  # 0 means: save at every eval
+    keep_last: int = 2  # step checkpoints kept besides the best one
+    sample_chars: int = 300  # sample printed at the end of training (0 = none)
+
+    def validate(self) -> None:
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not self.dataset:
+            raise ConfigError("dataset is empty: name a corpus (e.g. shakespeare) or a prepared folder")
+        for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
+                     "grad_accum", "keep_last"):
+            _check_positive(name, getattr(self, name))
+        for name in ("warmup_iters", "save_every", "sample_chars"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "min_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number, got {value}: try e.g. 3e-4")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ConfigError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        _reject_unknown(data, {"model", "train"}, "config")
+        return cls(
+            model=dataclass_from_dict(ModelConfig, data.get("model", {}), "model"),
+            train=dataclass_from_dict(TrainConfig, data.get("train", {}), "train"),
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------------------
+
+
+def _bigram() -> RunConfig:
+    # The lecture's bigram: batch 32, block 8, lr 1e-3, 10,000 steps, plain AdamW.
+    return RunConfig(
+        ModelConfig(arch="bigram", block_size=8, n_layer=1, n_head=1, n_embd=1, dropout=0.0),
+        TrainConfig(batch_size=32, max_iters=10_000, eval_interval=1000, eval_iters=200,
+                    lr=1e-3, min_lr=1e-3, lr_schedule="constant", warmup_iters=0,
+                    weight_decay=0.01, beta2=0.999, grad_clip=0.0, log_interval=100),
+    )
+
+
+def _seed_gpt() -> RunConfig:
+    # The lecture's final model: 6 layers, 6 heads, 384 wide, context 256, dropout 0.2.
+    return RunConfig(
+        ModelConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+        TrainConfig(batch_size=64, max_iters=5000, eval_interval=500, eval_iters=200,
+                    lr=3e-4, min_lr=3e-5, warmup_iters=100),
+    )
+
+
+def _cpu_small() -> RunConfig:
+    # Minutes on a 2-core laptop: a small, wide-enough model with a short context and a
+    # higher learning rate (small models tolerate it), no dropout (it underfits anyway).
+    return RunConfig(
+        ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+        TrainConfig(batch_size=32, max_iters=2000, eval_interval=250, eval_iters=50,
+                    lr=2e-3, min_lr=2e-4, warmup_iters=100, weight_decay=0.1),
+    )
+
+
+def _tiny() -> RunConfig:
+    # Seconds: for tests and smoke runs. Learns little.
+    return RunConfig(
+        ModelConfig(block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
+        TrainConfig(batch_size=8, max_iters=40, eval_interval=20, eval_iters=4, log_interval=5,
+                    lr=3e-3, min_lr=3e-4, warmup_iters=5, sample_chars=100),
+    )
+
+
+PRESETS = {"bigram": _bigram, "seed-gpt": _seed_gpt, "cpu-small": _cpu_small, "tiny": _tiny}
+
+
+def preset(name: str) -> RunConfig:
+    """Return a fresh copy of the named preset."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}': choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ---------------------------------------------------------------------------------------
+# Strict conversion from JSON-like dicts and CLI strings
+# ---------------------------------------------------------------------------------------
+
+
+def field_types(cls: type) -> dict[str, type]:
+    """The runtime type (int, float, str, bool) of each field of a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{where}' must be an object, got {type(data).__name__}")
+    types = field_types(cls)
+    _reject_unknown(data, set(types), where)
+    values = {name: _coerce_json(f"{where}.{name}", value, types[name]) for name, value in data.items()}
+    return cls(**values)
+
+
+def _coerce_json(name: str, value: Any, kind: type) -> Any:
+    # JSON has no int/float split for whole floats; accept an int where a float is expected.
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{name} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def parse_value(name: str, text: str, kind: type) -> Any:
+    """Parse a CLI string into a field's type, with an error that names the field."""
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"--{name.replace('_', '-')} expects {kind.__name__}, got {text!r}") from None
+
+
+def _reject_unknown(data: dict, known: set[str], where: str) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value}")

@@ -1,0 +1,85 @@
+"""Causal self-attention, the lecture's way and the fast way, with one set of weights.
+
+``Head`` and ``MultiHeadAttention`` are the lecture's code: every head is its own module
+with its own key/query/value projections, run one after another and concatenated.
+``FusedMultiHeadAttention`` is the same module with the same parameters (a checkpoint of
+one loads into the other), but it stacks the per-head weights into one matrix, projects
+all heads in one matmul, and calls PyTorch's fused ``scaled_dot_product_attention``.
+tests/test_attention.py checks that both give the same logits and gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Head(nn.Module):
+    """One head of causal self-attention."""
+
+    def __init__(self, n_embd: int, head_size: int, block_size: int, dropout: float) -> None:
+        super().__init__()
+        self.key = nn.Linear(n_embd, head_size, bias=False)
+        self.query = nn.Linear(n_embd, head_size, bias=False)
+        self.value = nn.Linear(n_embd, head_size, bias=False)
+        # Lower-triangular mask: position t may only look at positions <= t. Not a
+        # parameter and not saved: it is rebuilt from block_size.
+        self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)), persistent=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        k = self.key(x)  # (B, T, hs)
+        q = self.query(x)  # (B, T, hs)
+        # Scaled by 1/sqrt(head_size) so the scores have unit variance at init and the
+        # softmax stays diffuse instead of collapsing onto one position ("Attention Is
+        # All You Need", eq. 1).
+        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, T)
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
+        wei = F.softmax(wei, dim=-1)
+        wei = self.dropout(wei)
+        v = self.value(x)  # (B, T, hs)
+        return wei @ v  # (B, T, hs)
+
+
+class MultiHeadAttention(nn.Module):
+    """Several heads in parallel, concatenated, then projected back into the residual stream."""
+
+    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float) -> None:
+        super().__init__()
+        head_size = n_embd // n_head
+        self.heads = nn.ModuleList([Head(n_embd, head_size, block_size, dropout) for _ in range(n_head)])
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([h(x) for h in self.heads], dim=-1)  # (B, T, n_embd)
+        return self.dropout(self.proj(out))
+
+
+class FusedMultiHeadAttention(MultiHeadAttention):
+    """Fast path: the same parameters as ``MultiHeadAttention``, all heads at once."""
+
+    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float) -> None:
+        super().__init__(n_embd, n_head, block_size, dropout)
+        self.n_head = n_head
+        self.attn_dropout = dropout
+
+    def qkv_weight(self) -> torch.Tensor:
+        """The per-head projections stacked as one (3 * n_embd, n_embd) matrix: q, then k, then v."""
+        heads = self.heads
+        return torch.cat([h.query.weight for h in heads] + [h.key.weight for h in heads]
+                         + [h.value.weight for h in heads])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = F.linear(x, self.qkv_weight()).split(C, dim=-1)
+        # (B, T, C) -> (B, n_head, T, head_size): head i owns columns i*hs:(i+1)*hs,
+        # exactly the order in which MultiHeadAttention concatenates its heads.
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # default scale is 1/sqrt(head_size), as in Head
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.dropout(self.proj(y))

@@ -1,0 +1,114 @@
+"""The lecture's GPT: embeddings, a stack of pre-norm transformer blocks, and a linear head.
+
+    x = token_embedding(idx) + position_embedding(t)
+    for each Block:  x = x + MultiHeadAttention(LayerNorm(x))
+                     x = x + FeedForward(LayerNorm(x))
+    logits = lm_head(LayerNorm(x))
+
+With vocab 65, n_embd 384, n_head 6, n_layer 6 and block 256 it has 10,788,929 parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from quillgpt.config import ModelConfig
+from quillgpt.errors import ConfigError
+from quillgpt.models.attention import FusedMultiHeadAttention, MultiHeadAttention
+from quillgpt.models.base import LanguageModel, language_model_loss
+
+
+class LayerNorm1d(nn.Module):
+    """The lecture's LayerNorm written out: normalise each position's features, then scale and shift.
+
+    Same parameter names as ``nn.LayerNorm`` so either loads the other's weights. Uses the
+    biased variance, as ``nn.LayerNorm`` does (Ba et al., 2016, eq. 4).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(-1, keepdim=True)
+        var = x.var(-1, keepdim=True, unbiased=False)
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+class FeedForward(nn.Module):
+    """A per-position MLP, 4x wider inside ("Attention Is All You Need", section 3.3)."""
+
+    def __init__(self, n_embd: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd),
+            nn.ReLU(),
+            nn.Linear(4 * n_embd, n_embd),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    return LayerNorm1d(dim) if kind == "scratch" else nn.LayerNorm(dim)
+
+
+class Block(nn.Module):
+    """Communication (attention) then computation (feed-forward), each on a residual path.
+
+    Pre-norm: LayerNorm is applied before each sublayer, not after, which keeps the
+    residual stream an identity path and trains stably without warmup tricks.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        attention = FusedMultiHeadAttention if config.attention == "fused" else MultiHeadAttention
+        self.sa = attention(config.n_embd, config.n_head, config.block_size, config.dropout)
+        self.ffwd = FeedForward(config.n_embd, config.dropout)
+        self.ln1 = make_norm(config.norm, config.n_embd)
+        self.ln2 = make_norm(config.norm, config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.sa(self.ln1(x))
+        x = x + self.ffwd(self.ln2(x))
+        return x
+
+
+class GPT(LanguageModel):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.block_size = config.block_size
+        self.token_embedding_table = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
+        self.blocks = nn.Sequential(*[Block(config) for _ in range(config.n_layer)])
+        self.ln_f = make_norm(config.norm, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # N(0, 0.02) weights and zero biases: small logits at init, so the first loss is
+        # close to ln(vocab_size), the loss of a uniform guess.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                loss_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T = idx.shape
+        if self.block_size < T:
+            raise ConfigError(f"sequence of {T} tokens is longer than block_size {self.block_size}: "
+                              "crop the context to the last block_size tokens")
+        tok_emb = self.token_embedding_table(idx)  # (B, T, C)
+        pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))  # (T, C)
+        x = self.blocks(tok_emb + pos_emb)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        loss = None if targets is None else language_model_loss(logits, targets, loss_mask)
+        return logits, loss

@@ -1,0 +1,385 @@
+"""The training loop: AdamW, warmup + cosine schedule, accumulation, clipping, eval, checkpoints.
+
+One step (``Trainer.train_step``) is: for each of ``grad_accum`` micro-batches, forward
+and backward with the loss divided by ``grad_accum`` (so the gradient is the mean over
+the whole batch); clip the global gradient norm; set the learning rate; AdamW step.
+Every ``eval_interval`` steps the mean train and val loss over ``eval_iters`` batches is
+logged to ``metrics.jsonl`` and ``loss.png`` and a checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from quillgpt.checkpoint import (
+    mark_best,
+    prune_checkpoints,
+    read_tensors,
+    write_checkpoint,
+    write_run_files,
+)
+from quillgpt.config import RunConfig
+from quillgpt.data import Batches, TokenDataset
+from quillgpt.errors import QuillError
+from quillgpt.metrics import MetricsLog, plot_losses
+from quillgpt.models import LanguageModel, build_model
+
+
+class TrainingError(QuillError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Hardware and precision
+# ---------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device cuda requested but no CUDA GPU is available: use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TrainingError("device mps requested but Apple MPS is not available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and _cpu_has_fast_bf16():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision: matmuls in ``dtype``, numerically sensitive ops kept in float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizer and schedule
+# ---------------------------------------------------------------------------------------
+
+
+def learning_rate(step: int, config: RunConfig) -> float:
+    """Linear warmup for ``warmup_iters`` steps, then cosine decay from lr to min_lr."""
+    t = config.train
+    if t.lr_schedule == "constant":
+        return t.lr
+    if step < t.warmup_iters:
+        return t.lr * (step + 1) / t.warmup_iters
+    span = max(1, t.max_iters - t.warmup_iters)
+    progress = min(1.0, (step - t.warmup_iters) / span)
+    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, config: RunConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only; biases and LayerNorm gains are not decayed."""
+    t = config.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), **extra)
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizer and RNG state <-> (tensors, JSON) for checkpoints
+# ---------------------------------------------------------------------------------------
+
+
+def optimizer_to_checkpoint(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def optimizer_from_checkpoint(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                              meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for name, value in meta.get("scalars", {}).items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def rng_to_checkpoint() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = cuda_state
+    np_state = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    meta = {"python": [version, list(py_state), gauss],
+            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    return tensors, meta
+
+
+def rng_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"].to("cpu", torch.uint8))
+    cuda_states = [tensors[k].to("cpu", torch.uint8) for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    version, py_state, gauss = meta["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    seconds: float
+    train_loss: float | None
+    val_loss: float | None
+    eval_seconds: float
+    best_val_loss: float | None
+    best_step: int | None
+
+
+class Trainer:
+    """Owns the model, optimizer, batches and run directory of one training run."""
+
+    def __init__(self, config: RunConfig, dataset: TokenDataset, run_dir: str | Path,
+                 resume_state: dict[str, Any] | None = None, progress: bool = True) -> None:
+        config.model.vocab_size = dataset.tokenizer.vocab_size
+        config.validate()
+        dataset.check_block_size(config.model.block_size)
+        self.config = config
+        self.dataset = dataset
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        t = config.train
+        self.device = resolve_device(t.device)
+        self.dtype = resolve_dtype(t.dtype, self.device)
+        if self.dtype == torch.float16 and self.device.type != "cuda":
+            raise TrainingError("dtype float16 needs a CUDA GPU: use --dtype bfloat16 or float32 on this device")
+        seed_everything(t.seed)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed on Ampere+
+            torch.backends.cudnn.allow_tf32 = True
+        self.model: LanguageModel = build_model(config.model).to(self.device)
+        self.forward_model = torch.compile(self.model) if t.compile else self.model
+        self.optimizer = make_optimizer(self.model, config, self.device)
+        self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
+        block, batch = config.model.block_size, t.batch_size
+        self.train_batches = Batches(dataset.splits["train"], batch, block, t.seed, self.device)
+        self.eval_batches = {split: Batches(dataset.splits[split], batch, block, t.seed + 1 + i, self.device)
+                             for i, split in enumerate(("train", "val"))}
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.step = 0
+        self.best_val: float | None = None
+        self.best_step: int | None = None
+        self.last_eval: dict[str, Any] | None = None
+        self.eval_seconds = 0.0
+        if resume_state is not None:
+            self._restore(resume_state)
+        else:
+            write_run_files(self.run_dir, config, dataset.tokenizer, self.data_info())
+            self.metrics.path.unlink(missing_ok=True)
+
+    def data_info(self) -> dict[str, Any]:
+        return {"dataset": str(self.dataset.folder), "source": self.dataset.meta.get("source", {}),
+                "split": self.dataset.meta.get("split", {})}
+
+    # -- one step ----------------------------------------------------------------------
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer update; returns the mean loss (a tensor: reading it syncs the device)."""
+        t = self.config.train
+        lr = learning_rate(self.step, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for _ in range(t.grad_accum):
+            x, y = self.train_batches.next()
+            with autocast(self.device, self.dtype):
+                _, loss = self.forward_model(x, y)
+            loss = loss / t.grad_accum
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        if t.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total
+
+    @torch.no_grad()
+    def estimate_loss(self) -> dict[str, float]:
+        """Mean loss over ``eval_iters`` batches of each split, in eval mode (no dropout)."""
+        self.model.eval()
+        out = {}
+        for split, batches in self.eval_batches.items():
+            losses = torch.zeros(self.config.train.eval_iters, device=self.device)
+            for i in range(len(losses)):
+                x, y = batches.next()
+                with autocast(self.device, self.dtype):
+                    _, loss = self.forward_model(x, y)
+                losses[i] = loss
+            out[split] = losses.mean().item()
+        self.model.train()
+        return out
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def train(self, stop_at: int | None = None) -> TrainResult:
+        """Train to ``max_iters`` (or stop early after step ``stop_at``, saving a checkpoint)."""
+        t = self.config.train
+        save_every = t.save_every or t.eval_interval
+        start_step, started = self.step, time.perf_counter()
+        bar = tqdm(total=t.max_iters, initial=self.step, disable=not self.progress, desc="train",
+                   unit="step", dynamic_ncols=True)
+        self.model.train()
+        tick, tick_step = time.perf_counter(), self.step
+        try:
+            while True:
+                resumed_here = self.step == start_step and start_step > 0
+                is_last = self.step >= t.max_iters
+                paused = stop_at is not None and self.step >= stop_at and not is_last
+                new_best = False
+                if not resumed_here and (self.step % t.eval_interval == 0 or is_last):
+                    new_best = self._evaluate(started)
+                    bar.set_postfix(train=f"{self.last_eval['train_loss']:.4f}",
+                                    val=f"{self.last_eval['val_loss']:.4f}")
+                if not resumed_here and self.step > 0 and (
+                        self.step % save_every == 0 or is_last or new_best or paused):
+                    self.save(new_best)
+                if is_last or paused:
+                    break
+                loss = self.train_step()
+                bar.update(1)
+                if self.step % t.log_interval == 0:
+                    tick, tick_step = self._log_train(loss, tick, tick_step, bar)
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - started
+        last = self.last_eval or {}
+        return TrainResult(self.run_dir, self.step - start_step, seconds, last.get("train_loss"),
+                           last.get("val_loss"), self.eval_seconds, self.best_val, self.best_step)
+
+    def _log_train(self, loss: torch.Tensor, tick: float, tick_step: int, bar: tqdm) -> tuple[float, int]:
+        value = loss.item()  # the only host-device sync outside evals
+        if not math.isfinite(value):
+            raise TrainingError(f"loss became {value} at step {self.step}: lower --lr or set --grad-clip 1.0; "
+                                f"the last good checkpoint is in {self.run_dir}")
+        now = time.perf_counter()
+        steps = max(1, self.step - tick_step)
+        t = self.config.train
+        tokens = steps * t.batch_size * t.grad_accum * self.config.model.block_size
+        self.metrics.append({"kind": "train", "step": self.step, "loss": value,
+                             "lr": learning_rate(self.step - 1, self.config),
+                             "ms_per_step": 1000 * (now - tick) / steps, "tokens_per_s": tokens / (now - tick)})
+        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        return now, self.step
+
+    def _evaluate(self, started: float) -> bool:
+        tic = time.perf_counter()
+        losses = self.estimate_loss()
+        self.eval_seconds += time.perf_counter() - tic
+        record = {"kind": "eval", "step": self.step, "train_loss": losses["train"], "val_loss": losses["val"],
+                  "lr": learning_rate(max(0, self.step - 1), self.config),
+                  "elapsed_s": round(time.perf_counter() - started, 3)}
+        self.metrics.append(record)
+        self.last_eval = record
+        plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}")
+        if not math.isfinite(losses["val"]):
+            raise TrainingError(f"validation loss is {losses['val']} at step {self.step}: training diverged; "
+                                "lower --lr")
+        if self.best_val is None or losses["val"] < self.best_val:
+            self.best_val, self.best_step = losses["val"], self.step
+            return True
+        return False
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def save(self, is_best: bool = False) -> Path:
+        opt_tensors, opt_meta = optimizer_to_checkpoint(self.optimizer)
+        rng_tensors, rng_meta = rng_to_checkpoint()
+        trainer_state = {
+            "best_val": self.best_val, "best_step": self.best_step, "last_eval": self.last_eval,
+            "optimizer": opt_meta, "rng": rng_meta, "data_sha256": self.dataset.source_sha256,
+            "batches": {"train": self.train_batches.state_dict(),
+                        **{f"eval_{k}": b.state_dict() for k, b in self.eval_batches.items()}},
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        }
+        path = write_checkpoint(self.run_dir, self.step, self.model.state_dict(),
+                                {**opt_tensors, **rng_tensors}, trainer_state)
+        if is_best:
+            mark_best(self.run_dir, path, self.step, float(self.best_val))
+        prune_checkpoints(self.run_dir, self.config.train.keep_last)
+        return path
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint: weights, optimizer, RNGs, batch samplers, metrics."""
+        checkpoint: Path = state["checkpoint"]
+        self.model.load_state_dict(read_tensors(checkpoint / "model.safetensors", self.model.state_dict(),
+                                                self.device))
+        trainer = state["trainer"]
+        tensors = read_tensors(checkpoint / "optimizer.safetensors", device=self.device)
+        optimizer_from_checkpoint(self.optimizer, tensors, trainer["optimizer"])
+        rng_from_checkpoint(tensors, trainer["rng"])
+        self.train_batches.load_state_dict(trainer["batches"]["train"])
+        for split, batches in self.eval_batches.items():
+            batches.load_state_dict(trainer["batches"][f"eval_{split}"])
+        if trainer.get("scaler"):
+            self.scaler.load_state_dict(trainer["scaler"])
+        self.step = int(trainer["step"])
+        self.best_val, self.best_step = trainer.get("best_val"), trainer.get("best_step")
+        self.last_eval = trainer.get("last_eval")
+        self.metrics.truncate_after(self.step)

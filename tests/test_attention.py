@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from quillgpt.config import ModelConfig
+from quillgpt.models import build_model
+from quillgpt.models.attention import FusedMultiHeadAttention, MultiHeadAttention
+from quillgpt.models.gpt import LayerNorm1d
+
+
+def pair(**kw):
+    config = dict(vocab_size=65, block_size=32, n_layer=3, n_head=4, n_embd=64, dropout=0.0)
+    config.update(kw)
+    torch.manual_seed(0)
+    classic = build_model(ModelConfig(attention="classic", **config))
+    fused = build_model(ModelConfig(attention="fused", **config))
+    fused.load_state_dict(classic.state_dict())  # one parameter layout: loads as is
+    return classic, fused
+
+
+def test_same_parameter_layout() -> None:
+    classic, fused = pair()
+    assert {k: v.shape for k, v in classic.state_dict().items()} == {k: v.shape for k, v in fused.state_dict().items()}
+
+
+def test_classic_and_fused_give_the_same_logits_in_eval_mode() -> None:
+    classic, fused = pair(dropout=0.2)
+    classic.eval()
+    fused.eval()
+    idx = torch.randint(0, 65, (3, 32))
+    a, _ = classic(idx)
+    b, _ = fused(idx)
+    assert (a - b).abs().max().item() < 1e-5
+
+
+def test_classic_and_fused_give_the_same_gradients() -> None:
+    classic, fused = pair()
+    idx, targets = torch.randint(0, 65, (3, 32)), torch.randint(0, 65, (3, 32))
+    for model in (classic, fused):
+        model(idx, targets)[1].backward()
+    grads_fused = dict(fused.named_parameters())
+    for name, p in classic.named_parameters():
+        assert torch.allclose(p.grad, grads_fused[name].grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_fused_heads_match_classic_heads_on_random_input() -> None:
+    torch.manual_seed(1)
+    classic = MultiHeadAttention(48, 6, 16, 0.0)
+    fused = FusedMultiHeadAttention(48, 6, 16, 0.0)
+    fused.load_state_dict(classic.state_dict())
+    x = torch.randn(2, 10, 48)
+    assert torch.allclose(classic(x), fused(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4, 16), (2, 7, 32), (1, 3, 5, 8)])
+def test_scratch_layernorm_matches_torch(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    ours, theirs = LayerNorm1d(shape[-1]), torch.nn.LayerNorm(shape[-1])
+    with torch.no_grad():
+        for p in (ours.weight, ours.bias):
+            p.normal_()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(shape) * 3 + 1
+    assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+
+
+def test_scratch_norm_model_loads_torch_norm_weights() -> None:
+    config = dict(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    torch.manual_seed(0)
+    a = build_model(ModelConfig(norm="torch", **config)).eval()
+    b = build_model(ModelConfig(norm="scratch", **config)).eval()
+    b.load_state_dict(a.state_dict())
+    idx = torch.randint(0, 20, (2, 8))
+    assert torch.allclose(a(idx)[0], b(idx)[0], atol=1e-5)

@@ -1,0 +1,91 @@
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quillgpt.config import PRESETS, ModelConfig, RunConfig, TrainConfig, parse_value, preset
+from quillgpt.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_are_valid_and_round_trip_through_json(name: str) -> None:
+    config = preset(name)
+    config.validate()
+    assert RunConfig.from_dict(config.to_dict()) == config
+
+
+def test_preset_figures_match_the_lecture() -> None:
+    bigram, seed = preset("bigram"), preset("seed-gpt")
+    assert (bigram.train.batch_size, bigram.model.block_size, bigram.train.lr, bigram.train.max_iters) == \
+        (32, 8, 1e-3, 10_000)
+    assert (seed.train.batch_size, seed.model.block_size, seed.train.max_iters, seed.train.lr,
+            seed.train.eval_interval, seed.model.dropout) == (64, 256, 5000, 3e-4, 500, 0.2)
+    assert (seed.model.n_layer, seed.model.n_head, seed.model.n_embd) == (6, 6, 384)
+
+
+def test_presets_are_fresh_copies() -> None:
+    preset("tiny").train.lr = 123.0
+    assert preset("tiny").train.lr != 123.0
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(ConfigError, match="unknown preset 'huge'.*cpu-small"):
+        preset("huge")
+
+
+@pytest.mark.parametrize("data,match", [
+    ({"model": {"n_layers": 3}}, "unknown key.*n_layers"),
+    ({"model": {"n_layer": "3"}}, "model.n_layer must be int"),
+    ({"model": {"n_layer": 3.0}}, "model.n_layer must be int"),
+    ({"train": {"compile": 1}}, "train.compile must be bool"),
+    ({"train": {"batch_size": True}}, "train.batch_size must be int"),
+    ({"optimizer": {}}, "unknown key.*optimizer"),
+    ([], "must be a JSON object"),
+])
+def test_from_dict_rejects_bad_json(data: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.from_dict(data)
+
+
+def test_int_is_accepted_where_a_float_is_expected() -> None:
+    assert RunConfig.from_dict({"train": {"lr": 1}}).train.lr == 1.0
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(n_embd=100, n_head=6), "divisible"),
+    (dict(n_layer=0), "n_layer must be a positive integer"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(dropout=-0.1), "dropout"),
+    (dict(attention="flash"), "attention must be one of"),
+])
+def test_model_validation(change: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        dataclasses.replace(ModelConfig(), **change).validate()
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(lr=0.0), "lr must be a positive"),
+    (dict(min_lr=1.0), "min_lr"),
+    (dict(eval_iters=0), "eval_iters"),
+    (dict(batch_size=-2), "batch_size"),
+    (dict(device="tpu"), "device must be one of"),
+    (dict(grad_clip=-1.0), "grad_clip"),
+])
+def test_train_validation(change: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        dataclasses.replace(TrainConfig(), **change).validate()
+
+
+@given(st.integers(-10**6, 10**6))
+def test_parse_int_round_trips(value: int) -> None:
+    assert parse_value("n_layer", str(value), int) == value
+
+
+@given(st.text())
+def test_parse_value_never_crashes_with_anything_but_config_error(text: str) -> None:
+    for kind in (int, float, bool, str):
+        try:
+            parse_value("x", text, kind)
+        except ConfigError as exc:
+            assert "--x expects" in str(exc)

@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quillgpt.config import ModelConfig
+from quillgpt.errors import SamplingError
+from quillgpt.models import build_model
+from quillgpt.sample import filter_logits, generate, sample_next
+
+
+def test_top_k_keeps_exactly_k() -> None:
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
+    kept = filter_logits(logits, top_k=2)
+    assert torch.isfinite(kept).tolist() == [[False, True, False, True, False]]
+
+
+def test_top_p_keeps_the_smallest_nucleus() -> None:
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = torch.isfinite(filter_logits(probs.log(), top_p=0.8))
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = torch.isfinite(filter_logits(probs.log(), top_p=0.81))
+    assert kept.tolist() == [[True, True, True, False]]
+    assert torch.isfinite(filter_logits(probs.log(), top_p=0.01)).tolist() == [[True, False, False, False]]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-10, 10), min_size=2, max_size=30), st.floats(0.05, 1.0))
+def test_top_p_mass_and_order(values: list[float], top_p: float) -> None:
+    logits = torch.tensor([values])
+    kept = torch.isfinite(filter_logits(logits, top_p=top_p))[0]
+    probs = torch.softmax(logits, -1)[0]
+    assert kept[probs.argmax()]
+    assert probs[kept].sum() >= top_p - 1e-5  # the kept set reaches the mass
+    if kept.any() and (~kept).any():
+        assert probs[kept].min() >= probs[~kept].max() - 1e-7  # and holds the most likely tokens
+
+
+def test_temperature_sharpens() -> None:
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    cold = torch.softmax(filter_logits(logits, temperature=0.5), -1)
+    hot = torch.softmax(filter_logits(logits, temperature=2.0), -1)
+    assert cold[0, 2] > torch.softmax(logits, -1)[0, 2] > hot[0, 2]
+
+
+def test_seeded_sampling_is_reproducible_and_crops_context() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=7, block_size=4, n_layer=1, n_head=1, n_embd=8, dropout=0.0))
+    start = torch.zeros(1, 6, dtype=torch.long)  # longer than block_size: cropped, not an error
+    a = generate(model, start, 20, generator=torch.Generator().manual_seed(3))
+    b = generate(model, start, 20, generator=torch.Generator().manual_seed(3))
+    assert a.shape == (1, 26) and torch.equal(a, b)
+    assert model.training  # generate restores the mode it found
+
+
+def test_top_k_1_is_greedy() -> None:
+    logits = torch.randn(5, 9)
+    assert torch.equal(sample_next(logits, top_k=1).squeeze(1), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(max_new_tokens=-1), "max_new_tokens"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(temperature=math.nan), "temperature"),
+    (dict(top_k=0), "top_k"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+])
+def test_bad_sampling_parameters(kw: dict, match: str) -> None:
+    model = build_model(ModelConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
+    args = dict(max_new_tokens=3)
+    args.update(kw)
+    with pytest.raises(SamplingError, match=match):
+        generate(model, torch.zeros(1, 1, dtype=torch.long), **args)
