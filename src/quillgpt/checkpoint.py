@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,34 @@ def _sha256(path: Path) -> str:
 def write_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor],
                      state_tensors: dict[str, torch.Tensor] | None = None,
                      trainer_state: dict[str, Any] | None = None) -> Path:
-    """Write one complete checkpoint folder and point ``latest.json`` at it."""
+    """Write one complete checkpoint folder and point ``latest.json`` at it.
+
+    If the disk is full or not writable, raise a CheckpointError and leave the previous
+    checkpoint (and ``latest.json``) exactly as they were.
+    """
+    try:
+        return _write_checkpoint(run_dir, step, model_state, state_tensors, trainer_state)
+    except OSError as exc:
+        previous = _pointer_target(run_dir, "latest.json")
+        kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(
+            f"could not write the checkpoint for step {step} in {run_dir / CHECKPOINTS}: "
+            f"{exc.strerror or exc} (errno {exc.errno}); {kept}: free disk space or fix permissions, "
+            f"then continue with quill train --resume {run_dir}") from None
+
+
+def _fault_delay() -> float:
+    # Test hook: seconds to sleep after each file of a checkpoint, so a test can kill the
+    # process in the middle of a checkpoint write. Never set in normal use.
+    try:
+        return float(os.environ.get("QUILL_FAULT_CHECKPOINT_DELAY", "0"))
+    except ValueError:
+        return 0.0
+
+
+def _write_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor],
+                      state_tensors: dict[str, torch.Tensor] | None,
+                      trainer_state: dict[str, Any] | None) -> Path:
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = f"{STEP_PREFIX}{step:08d}"
@@ -82,11 +110,15 @@ def write_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tens
     tmp.mkdir()
     try:
         meta = {"format_version": str(FORMAT_VERSION), "step": str(step)}
+        delay = _fault_delay()
         save_file(_cpu_contiguous(model_state), str(tmp / "model.safetensors"), metadata=meta)
+        time.sleep(delay)
         if state_tensors:
             save_file(_cpu_contiguous(state_tensors), str(tmp / "optimizer.safetensors"), metadata=meta)
+            time.sleep(delay)
         (tmp / "trainer.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "step": step,
                                                        **(trainer_state or {})}))
+        time.sleep(delay)
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {"format_version": FORMAT_VERSION, "step": step,
                     "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in files}}
@@ -109,6 +141,12 @@ def write_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tens
 def mark_best(run_dir: Path, checkpoint: Path, step: int, val_loss: float) -> None:
     atomic_write_json(run_dir / "best.json", {"step": step, "val_loss": val_loss,
                                               "checkpoint": f"{CHECKPOINTS}/{checkpoint.name}"})
+
+
+def remove_partial_checkpoints(run_dir: Path) -> None:
+    """Delete folders left by a checkpoint write that was killed half-way."""
+    for partial in (run_dir / CHECKPOINTS).glob(".tmp-*"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:

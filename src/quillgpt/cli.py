@@ -24,9 +24,9 @@ import torch
 from quillgpt.checkpoint import load_run
 from quillgpt.config import PRESETS, ModelConfig, RunConfig, TrainConfig, field_types, parse_value, preset
 from quillgpt.data import CORPORA, TokenDataset, prepare_corpus, prepare_file, resolve_dataset
-from quillgpt.errors import ConfigError, QuillError
+from quillgpt.errors import ConfigError, QuillError, SamplingError
 from quillgpt.sample import check_sampling, stream
-from quillgpt.train import Trainer, resolve_device
+from quillgpt.train import Trainer, resolve_device, resume_trainer
 
 EXIT_USAGE = 2
 NOT_FLAGS = {"vocab_size"}  # set from the tokenizer, never by hand
@@ -99,9 +99,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = config_overrides(args)
     if args.resume:
+        if args.config or args.preset_given:
+            raise ConfigError("--resume continues a run with its own config: drop --preset/--config")
         trainer = resume_trainer(Path(args.resume), overrides, progress=not args.no_progress)
+        print(f"resuming {trainer.run_dir} from step {trainer.step}")
     else:
-        config = apply_overrides(preset(args.preset), overrides)
+        base = load_config_file(args.config) if args.config else preset(args.preset)
+        config = apply_overrides(base, overrides)
         config.validate()
         run_dir = choose_run_dir(config, args)
         dataset = TokenDataset(resolve_dataset(config.train.dataset, args.data))
@@ -110,11 +114,32 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{trainer.device} ({str(trainer.dtype).removeprefix('torch.')}), run dir {run_dir}")
     result = trainer.train(stop_at=args.stop_at)
     print(summarize(result))
+    if result.interrupted:
+        print(f"\ninterrupted by {result.interrupted} at step {trainer.step}: checkpoint saved in "
+              f"{trainer.run_dir}; continue with: quill train --resume {trainer.run_dir}", file=sys.stderr)
+        return 130 if result.interrupted == "SIGINT" else 143
     if trainer.config.train.sample_chars:
         print(f"\n--- sample ({trainer.config.train.sample_chars} tokens) ---")
         print_sample(trainer.model, trainer.dataset.tokenizer, "", trainer.config.train.sample_chars,
                      temperature=1.0, top_k=None, top_p=None, seed=trainer.config.train.seed, device=trainer.device)
     return 0
+
+
+def load_config_file(path: str) -> RunConfig:
+    """A typed JSON config (same shape as a run's config.json); never executed."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file} (check the path)")
+    try:
+        data = json.loads(file.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{file} is not valid JSON ({exc}): fix the file") from None
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in ("format_version", "quillgpt_version")}
+    try:
+        return RunConfig.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
 
 
 def choose_run_dir(config: RunConfig, args: argparse.Namespace) -> Path:
@@ -127,7 +152,7 @@ def choose_run_dir(config: RunConfig, args: argparse.Namespace) -> Path:
         if args.overwrite:
             _clear_run_dir(run_dir)
         return run_dir
-    base = Path("runs") / args.preset
+    base = Path("runs") / (Path(args.config).stem if args.config else args.preset)
     run_dir, n = base, 1
     while (run_dir / "config.json").exists():  # keep earlier runs: runs/tiny, runs/tiny-2, ...
         n += 1
@@ -144,39 +169,6 @@ def _clear_run_dir(run_dir: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-
-
-SAFE_TO_CHANGE_ON_RESUME = {"max_iters", "eval_interval", "eval_iters", "log_interval", "lr", "min_lr",
-                            "warmup_iters", "save_every", "keep_last", "sample_chars", "device", "dtype",
-                            "compile", "grad_clip", "lr_schedule"}
-
-
-def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress: bool) -> Trainer:
-    from quillgpt.checkpoint import read_config, resolve_checkpoint, verify_manifest
-
-    config = read_config(run_dir)
-    if overrides["model"]:
-        raise ConfigError(f"cannot change the model shape when resuming ({', '.join(overrides['model'])}): "
-                          "start a new run instead")
-    unsafe = sorted(set(overrides["train"]) - SAFE_TO_CHANGE_ON_RESUME)
-    if unsafe:
-        raise ConfigError(f"cannot change {', '.join(unsafe)} when resuming (only "
-                          f"{', '.join(sorted(SAFE_TO_CHANGE_ON_RESUME))}): start a new run instead")
-    config = apply_overrides(config, overrides)
-    config.validate()
-    checkpoint = resolve_checkpoint(run_dir, "latest")
-    verify_manifest(checkpoint)
-    trainer_state = json.loads((checkpoint / "trainer.json").read_text())
-    data_info = json.loads((run_dir / "data.json").read_text())
-    dataset = TokenDataset(resolve_dataset(data_info["dataset"]))
-    if dataset.source_sha256 != trainer_state.get("data_sha256"):
-        raise ConfigError(f"the dataset in {dataset.folder} changed since this run started (sha256 differs): "
-                          "restore it, or start a new run")
-    if dataset.tokenizer.to_dict() != json.loads((run_dir / "tokenizer.json").read_text()):
-        raise ConfigError(f"the tokenizer of {dataset.folder} differs from the run's: start a new run instead")
-    print(f"resuming {run_dir} from step {trainer_state['step']}")
-    return Trainer(config, dataset, run_dir, resume_state={"checkpoint": checkpoint, "trainer": trainer_state},
-                   progress=progress)
 
 
 def summarize(result: Any) -> str:
@@ -213,7 +205,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     device = resolve_device(args.device)
     run = load_run(args.run_dir, which=args.checkpoint, device=device)
-    run.tokenizer.encode(args.prompt)  # fail on unknown characters before printing anything
+    prompt_ids = run.tokenizer.encode(args.prompt)  # fail on unknown characters before printing anything
+    block = run.config.model.block_size
+    if len(prompt_ids) > block and not args.crop_prompt:
+        raise SamplingError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of {block}: "
+                            f"shorten it, or pass --crop-prompt to keep only its last {block} tokens")
     print_sample(run.model, run.tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
                  args.top_p, args.seed, device)
     return 0
@@ -268,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(func=cmd_prepare)
 
     train = commands.add_parser("train", help="train a model (every config field is a flag)")
-    train.add_argument("--preset", default="cpu-small", help=f"one of {', '.join(PRESETS)} (default cpu-small)")
+    train.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default cpu-small)")
+    train.add_argument("--config", metavar="FILE", help="a JSON config (like a run's config.json) instead of a preset")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="start over in an --out-dir that holds a run")
     train.add_argument("--data", help="where the named corpus file is, if not in the usual places")
@@ -288,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=optional_int, default=None)
     sample.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     sample.add_argument("--checkpoint", default="latest", help="latest or best")
+    sample.add_argument("--crop-prompt", action="store_true",
+                        help="allow a prompt longer than the context (the model sees its last block_size tokens)")
     sample.set_defaults(func=cmd_sample)
 
     info = commands.add_parser("info", help="show a run's size, config and losses")
@@ -299,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train":
+        args.preset_given = args.preset is not None
+        args.preset = args.preset or "cpu-small"
     try:
         return args.func(args)
     except QuillError as exc:

@@ -84,6 +84,7 @@ class TrainConfig:
     save_every: int = 0  # 0 means: save at every eval
     keep_last: int = 2  # step checkpoints kept besides the best one
     sample_chars: int = 300  # sample printed at the end of training (0 = none)
+    skip_nonfinite: bool = False  # skip updates whose loss is NaN/inf instead of stopping
 
     def validate(self) -> None:
         _check_choice("device", self.device, DEVICES)

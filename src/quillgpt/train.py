@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,19 +27,27 @@ from tqdm.auto import tqdm
 from quillgpt.checkpoint import (
     mark_best,
     prune_checkpoints,
+    read_config,
     read_tensors,
+    remove_partial_checkpoints,
+    resolve_checkpoint,
+    verify_manifest,
     write_checkpoint,
     write_run_files,
 )
 from quillgpt.config import RunConfig
-from quillgpt.data import Batches, TokenDataset
-from quillgpt.errors import QuillError
+from quillgpt.data import Batches, TokenDataset, resolve_dataset
+from quillgpt.errors import CheckpointError, ConfigError, QuillError
 from quillgpt.metrics import MetricsLog, plot_losses
 from quillgpt.models import LanguageModel, build_model
 
 
 class TrainingError(QuillError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class _EvalInterruptedError(Exception):
+    """SIGINT/SIGTERM arrived in the middle of an eval."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,6 +199,8 @@ class TrainResult:
     eval_seconds: float
     best_val_loss: float | None
     best_step: int | None
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
+    skipped_steps: int = 0
 
 
 class Trainer:
@@ -225,6 +238,11 @@ class Trainer:
         self.best_step: int | None = None
         self.last_eval: dict[str, Any] | None = None
         self.eval_seconds = 0.0
+        self.last_eval_step: int | None = None
+        self.last_save_step: int | None = None
+        self.skipped_steps = 0
+        self.stop_signal: int | None = None
+        self._pending: list[torch.Tensor] = []  # per-step losses not yet logged (kept on the device)
         if resume_state is not None:
             self._restore(resume_state)
         else:
@@ -238,7 +256,11 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------
 
     def train_step(self) -> torch.Tensor:
-        """One optimizer update; returns the mean loss (a tensor: reading it syncs the device)."""
+        """One optimizer update; returns the mean loss (a tensor: reading it syncs the device).
+
+        With ``skip_nonfinite`` a step whose loss is NaN/inf changes nothing (no update);
+        that needs the loss on the host every step, so it is off by default.
+        """
         t = self.config.train
         lr = learning_rate(self.step, self.config)
         for group in self.optimizer.param_groups:
@@ -251,6 +273,12 @@ class Trainer:
             loss = loss / t.grad_accum
             self.scaler.scale(loss).backward()
             total += loss.detach()
+        if t.skip_nonfinite and not torch.isfinite(total).item():
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.skipped_steps += 1
+            self.metrics.append({"kind": "skip", "step": self.step, "reason": "non-finite loss"})
+            return total
         if t.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -263,75 +291,129 @@ class Trainer:
     @torch.no_grad()
     def estimate_loss(self) -> dict[str, float]:
         """Mean loss over ``eval_iters`` batches of each split, in eval mode (no dropout)."""
+        saved = {split: b.state_dict() for split, b in self.eval_batches.items()}
         self.model.eval()
         out = {}
-        for split, batches in self.eval_batches.items():
-            losses = torch.zeros(self.config.train.eval_iters, device=self.device)
-            for i in range(len(losses)):
-                x, y = batches.next()
-                with autocast(self.device, self.dtype):
-                    _, loss = self.forward_model(x, y)
-                losses[i] = loss
-            out[split] = losses.mean().item()
-        self.model.train()
+        try:
+            for split, batches in self.eval_batches.items():
+                losses = torch.zeros(self.config.train.eval_iters, device=self.device)
+                for i in range(len(losses)):
+                    if self.stop_signal is not None:
+                        raise _EvalInterruptedError
+                    x, y = batches.next()
+                    with autocast(self.device, self.dtype):
+                        _, loss = self.forward_model(x, y)
+                    losses[i] = loss
+                out[split] = losses.mean().item()
+        except _EvalInterruptedError:
+            # Undo the partial eval so a resumed run draws the same eval batches again.
+            for split, batches in self.eval_batches.items():
+                batches.load_state_dict(saved[split])
+            raise
+        finally:
+            self.model.train()
         return out
 
     # -- the loop ----------------------------------------------------------------------
 
     def train(self, stop_at: int | None = None) -> TrainResult:
-        """Train to ``max_iters`` (or stop early after step ``stop_at``, saving a checkpoint)."""
+        """Train to ``max_iters``; stop early after step ``stop_at`` or on SIGINT/SIGTERM.
+
+        Each stop before the end saves a checkpoint first, from which ``--resume`` continues
+        exactly: a resumed run computes the same numbers as one that never stopped.
+        """
         t = self.config.train
         save_every = t.save_every or t.eval_interval
         start_step, started = self.step, time.perf_counter()
         bar = tqdm(total=t.max_iters, initial=self.step, disable=not self.progress, desc="train",
                    unit="step", dynamic_ncols=True)
         self.model.train()
-        tick, tick_step = time.perf_counter(), self.step
+        self._tick, self._tick_step = time.perf_counter(), self.step - len(self._pending)
+        interrupted = None
         try:
-            while True:
-                resumed_here = self.step == start_step and start_step > 0
-                is_last = self.step >= t.max_iters
-                paused = stop_at is not None and self.step >= stop_at and not is_last
-                new_best = False
-                if not resumed_here and (self.step % t.eval_interval == 0 or is_last):
-                    new_best = self._evaluate(started)
-                    bar.set_postfix(train=f"{self.last_eval['train_loss']:.4f}",
-                                    val=f"{self.last_eval['val_loss']:.4f}")
-                if not resumed_here and self.step > 0 and (
-                        self.step % save_every == 0 or is_last or new_best or paused):
-                    self.save(new_best)
-                if is_last or paused:
-                    break
-                loss = self.train_step()
-                bar.update(1)
-                if self.step % t.log_interval == 0:
-                    tick, tick_step = self._log_train(loss, tick, tick_step, bar)
+            with self._catch_stop_signals():
+                while True:
+                    if self.stop_signal is not None:
+                        interrupted = self._save_on_stop()
+                        break
+                    is_last = self.step >= t.max_iters
+                    new_best = False
+                    if (self.step % t.eval_interval == 0 or is_last) and self.last_eval_step != self.step:
+                        try:
+                            new_best = self._evaluate(started)
+                        except _EvalInterruptedError:
+                            continue  # saved at the top of the loop; the eval reruns on resume
+                        bar.set_postfix(train=f"{self.last_eval['train_loss']:.4f}",
+                                        val=f"{self.last_eval['val_loss']:.4f}")
+                    paused = stop_at is not None and self.step >= stop_at
+                    save_due = self.step % save_every == 0 or is_last or paused
+                    if self.step > 0 and (new_best or (save_due and self.last_save_step != self.step)):
+                        self.save(new_best)
+                    if is_last or paused:
+                        break
+                    self._pending.append(self.train_step())
+                    bar.update(1)
+                    if self.step % t.log_interval == 0:
+                        self._log_train(bar)
         finally:
             bar.close()
         seconds = time.perf_counter() - started
         last = self.last_eval or {}
         return TrainResult(self.run_dir, self.step - start_step, seconds, last.get("train_loss"),
-                           last.get("val_loss"), self.eval_seconds, self.best_val, self.best_step)
+                           last.get("val_loss"), self.eval_seconds, self.best_val, self.best_step,
+                           interrupted, self.skipped_steps)
 
-    def _log_train(self, loss: torch.Tensor, tick: float, tick_step: int, bar: tqdm) -> tuple[float, int]:
-        value = loss.item()  # the only host-device sync outside evals
-        if not math.isfinite(value):
-            raise TrainingError(f"loss became {value} at step {self.step}: lower --lr or set --grad-clip 1.0; "
-                                f"the last good checkpoint is in {self.run_dir}")
+    @contextlib.contextmanager
+    def _catch_stop_signals(self) -> Iterator[None]:
+        """Turn SIGINT/SIGTERM into a flag the loop checks between steps, so it can save first."""
+        self.stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def remember(signum: int, frame: object) -> None:
+            self.stop_signal = signum
+
+        previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _save_on_stop(self) -> str:
+        name = signal.Signals(self.stop_signal).name
+        if self.step > 0 and self.last_save_step != self.step:
+            self.save()
+        return name
+
+    def _log_train(self, bar: tqdm) -> None:
+        """Log the mean loss since the last log; the only host-device sync outside evals."""
+        values = torch.stack(self._pending).tolist()
+        first_step = self.step - len(values) + 1
+        for offset, value in enumerate(values):
+            if not math.isfinite(value) and not self.config.train.skip_nonfinite:
+                raise TrainingError(
+                    f"loss became {value} at step {first_step + offset}: lower --lr, keep --grad-clip on, "
+                    f"or pass --skip-nonfinite; the last good checkpoint is in {self.run_dir}")
+        finite = [v for v in values if math.isfinite(v)]
         now = time.perf_counter()
-        steps = max(1, self.step - tick_step)
+        steps = max(1, self.step - self._tick_step)
         t = self.config.train
         tokens = steps * t.batch_size * t.grad_accum * self.config.model.block_size
-        self.metrics.append({"kind": "train", "step": self.step, "loss": value,
-                             "lr": learning_rate(self.step - 1, self.config),
-                             "ms_per_step": 1000 * (now - tick) / steps, "tokens_per_s": tokens / (now - tick)})
-        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-        return now, self.step
+        record = {"kind": "train", "step": self.step, "loss": sum(finite) / len(finite) if finite else None,
+                  "lr": learning_rate(self.step - 1, self.config),
+                  "ms_per_step": 1000 * (now - self._tick) / steps, "tokens_per_s": tokens / (now - self._tick)}
+        self.metrics.append(record)
+        if record["loss"] is not None:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        self._tick, self._tick_step, self._pending = now, self.step, []
 
     def _evaluate(self, started: float) -> bool:
         tic = time.perf_counter()
         losses = self.estimate_loss()
         self.eval_seconds += time.perf_counter() - tic
+        self.last_eval_step = self.step
         record = {"kind": "eval", "step": self.step, "train_loss": losses["train"], "val_loss": losses["val"],
                   "lr": learning_rate(max(0, self.step - 1), self.config),
                   "elapsed_s": round(time.perf_counter() - started, 3)}
@@ -353,6 +435,9 @@ class Trainer:
         rng_tensors, rng_meta = rng_to_checkpoint()
         trainer_state = {
             "best_val": self.best_val, "best_step": self.best_step, "last_eval": self.last_eval,
+            "last_eval_step": self.last_eval_step, "skipped_steps": self.skipped_steps,
+            # Losses of the steps since the last log line, so the next line averages the same steps.
+            "pending_losses": torch.stack(self._pending).tolist() if self._pending else [],
             "optimizer": opt_meta, "rng": rng_meta, "data_sha256": self.dataset.source_sha256,
             "batches": {"train": self.train_batches.state_dict(),
                         **{f"eval_{k}": b.state_dict() for k, b in self.eval_batches.items()}},
@@ -360,6 +445,7 @@ class Trainer:
         }
         path = write_checkpoint(self.run_dir, self.step, self.model.state_dict(),
                                 {**opt_tensors, **rng_tensors}, trainer_state)
+        self.last_save_step = self.step
         if is_best:
             mark_best(self.run_dir, path, self.step, float(self.best_val))
         prune_checkpoints(self.run_dir, self.config.train.keep_last)
@@ -382,4 +468,67 @@ class Trainer:
         self.step = int(trainer["step"])
         self.best_val, self.best_step = trainer.get("best_val"), trainer.get("best_step")
         self.last_eval = trainer.get("last_eval")
+        self.last_eval_step = trainer.get("last_eval_step")
+        self.skipped_steps = int(trainer.get("skipped_steps", 0))
+        self.last_save_step = self.step
+        self._pending = [torch.tensor(v, device=self.device) for v in trainer.get("pending_losses", [])]
         self.metrics.truncate_after(self.step)
+
+
+# ---------------------------------------------------------------------------------------
+# Resuming a run
+# ---------------------------------------------------------------------------------------
+
+# Fields that may differ when a run continues: they change how long or how it trains
+# from here on, not what the model, data or batches are.
+SAFE_TO_CHANGE_ON_RESUME = frozenset({
+    "max_iters", "eval_interval", "eval_iters", "log_interval", "lr", "min_lr", "warmup_iters", "lr_schedule",
+    "save_every", "keep_last", "sample_chars", "device", "dtype", "compile", "grad_clip", "skip_nonfinite",
+})
+
+
+def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress: bool = True) -> Trainer:
+    """A Trainer that continues ``run_dir`` from its latest checkpoint.
+
+    Refuses (ConfigError) when the model shape, the batch/seed settings, the tokenizer or
+    the dataset differ from the run's, naming what differs.
+    """
+    import dataclasses
+    import json
+
+    config = read_config(run_dir)
+    changes = [f"{name} {getattr(config.model, name)!r} -> {value!r}" for name, value in overrides["model"].items()
+               if getattr(config.model, name) != value]
+    changes += [f"{name} {getattr(config.train, name)!r} -> {value!r}" for name, value in overrides["train"].items()
+                if getattr(config.train, name) != value and name not in SAFE_TO_CHANGE_ON_RESUME]
+    if changes:
+        raise ConfigError(f"cannot resume {run_dir} with a different {'; '.join(changes)}: start a new run, or "
+                          f"change only {', '.join(sorted(SAFE_TO_CHANGE_ON_RESUME))}")
+    config = RunConfig(model=config.model, train=dataclasses.replace(config.train, **overrides["train"]))
+    config.validate()
+    checkpoint = resolve_checkpoint(run_dir, "latest")
+    verify_manifest(checkpoint)
+    try:
+        trainer_state = json.loads((checkpoint / "trainer.json").read_text())
+        data_info = json.loads((run_dir / "data.json").read_text())
+        dataset_folder = data_info["dataset"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"cannot read the run's trainer.json/data.json ({exc}): the run is corrupt") from None
+    dataset = TokenDataset(resolve_dataset(dataset_folder))
+    if dataset.source_sha256 != trainer_state.get("data_sha256"):
+        raise ConfigError(f"the dataset in {dataset.folder} is not the one this run trained on (source sha256 "
+                          f"{dataset.source_sha256[:12]}... vs {str(trainer_state.get('data_sha256'))[:12]}...): "
+                          "restore the original data, or start a new run")
+    run_tokenizer = json.loads((run_dir / "tokenizer.json").read_text())
+    if dataset.tokenizer.to_dict() != run_tokenizer:
+        raise ConfigError(f"the tokenizer of {dataset.folder} differs from the run's tokenizer.json: "
+                          "restore the original data, or start a new run")
+    remove_partial_checkpoints(run_dir)
+    try:
+        return Trainer(config, dataset, run_dir, resume_state={"checkpoint": checkpoint, "trainer": trainer_state},
+                       progress=progress)
+    except QuillError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"{checkpoint} cannot be restored ({type(exc).__name__}: {exc}): "
+                              "was trainer.json edited? resume from a copy of an intact run") from None
