@@ -487,6 +487,40 @@ SAFE_TO_CHANGE_ON_RESUME = frozenset({
 })
 
 
+def _read_data_info(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        info = json.loads((run_dir / "data.json").read_text())
+        if not isinstance(info.get("dataset"), str):
+            raise ValueError("no 'dataset' string")
+        return info
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"cannot read {run_dir / 'data.json'} ({exc}): the run directory is corrupt") from None
+
+
+TRAINER_STATE_TYPES = {"step": int, "optimizer": dict, "rng": dict, "batches": dict, "pending_losses": list}
+
+
+def _check_trainer_state(path: Path, state: Any) -> None:
+    """Check the shape of trainer.json before any of it is used."""
+    problem = None
+    if not isinstance(state, dict):
+        problem = "it must be a JSON object"
+    else:
+        for key, kind in TRAINER_STATE_TYPES.items():
+            if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+                problem = f"'{key}' must be a {kind.__name__}, got {type(state.get(key)).__name__}"
+                break
+        else:
+            if not isinstance(state["optimizer"].get("param_groups"), list):
+                problem = "'optimizer.param_groups' must be a list"
+            elif set(state["batches"]) != {"train", "eval_train", "eval_val"}:
+                problem = "'batches' must hold train, eval_train and eval_val"
+    if problem:
+        raise CheckpointError(f"{path} is malformed: {problem}; resume from an intact copy of the run")
+
+
 def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress: bool = True) -> Trainer:
     """A Trainer that continues ``run_dir`` from its latest checkpoint.
 
@@ -506,15 +540,19 @@ def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress
                           f"change only {', '.join(sorted(SAFE_TO_CHANGE_ON_RESUME))}")
     config = RunConfig(model=config.model, train=dataclasses.replace(config.train, **overrides["train"]))
     config.validate()
+    if not (run_dir / "latest.json").exists() and not any((run_dir / "checkpoints").glob("step-*")):
+        # Stopped before its first checkpoint: nothing to lose, so start it again from step 0.
+        dataset = TokenDataset(resolve_dataset(_read_data_info(run_dir)["dataset"]))
+        remove_partial_checkpoints(run_dir)
+        return Trainer(config, dataset, run_dir, progress=progress)
     checkpoint = resolve_checkpoint(run_dir, "latest")
     verify_manifest(checkpoint)
     try:
         trainer_state = json.loads((checkpoint / "trainer.json").read_text())
-        data_info = json.loads((run_dir / "data.json").read_text())
-        dataset_folder = data_info["dataset"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"cannot read the run's trainer.json/data.json ({exc}): the run is corrupt") from None
-    dataset = TokenDataset(resolve_dataset(dataset_folder))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {checkpoint / 'trainer.json'} ({exc}): the checkpoint is corrupt") from None
+    _check_trainer_state(checkpoint / "trainer.json", trainer_state)
+    dataset = TokenDataset(resolve_dataset(_read_data_info(run_dir)["dataset"]))
     if dataset.source_sha256 != trainer_state.get("data_sha256"):
         raise ConfigError(f"the dataset in {dataset.folder} is not the one this run trained on (source sha256 "
                           f"{dataset.source_sha256[:12]}... vs {str(trainer_state.get('data_sha256'))[:12]}...): "
@@ -529,6 +567,6 @@ def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress
                        progress=progress)
     except QuillError:
         raise
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
         raise CheckpointError(f"{checkpoint} cannot be restored ({type(exc).__name__}: {exc}): "
                               "was trainer.json edited? resume from a copy of an intact run") from None

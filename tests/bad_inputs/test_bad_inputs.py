@@ -1,0 +1,276 @@
+"""The bad-input corpus: every way a user can hold quillgpt wrong gets one clear line.
+
+CLI cases run ``quill`` in-process on a copy of a small workspace (a prepared dataset, a
+trained tiny run, some broken files) and check: exit code 2, exactly one line on stderr that
+names the problem (the fragment) and a fix, nothing on stdout, and not one byte on disk
+changed. API cases check the specific exception type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from quillgpt.checkpoint import load_run
+from quillgpt.cli import main
+from quillgpt.config import ModelConfig, RunConfig, TrainConfig
+from quillgpt.data import Batches, prepare_text, read_text
+from quillgpt.errors import CheckpointError, ConfigError, DataError, SamplingError, TokenizerError
+from quillgpt.models import build_model
+from quillgpt.sample import generate
+from quillgpt.tokenizers import CharTokenizer
+
+TEXT = "\n".join(f"the king and the queen walk to the sea, line {i}." for i in range(300)) + "\n"
+CKPT = "runs/ok/checkpoints/step-00000010"
+
+
+@pytest.fixture(scope="module")
+def base_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("workspace")
+    prepare_text(TEXT, root / "data/ok", {"name": "ok", "sha256": hashlib.sha256(TEXT.encode()).hexdigest()})
+    import os
+
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        assert main(["train", "--preset", "tiny", "--dataset", "data/ok", "--out-dir", "runs/ok", "--max-iters",
+                     "10", "--eval-interval", "10", "--sample-chars", "0", "--no-progress"]) == 0
+    finally:
+        os.chdir(cwd)
+    (root / "empty.txt").write_bytes(b"")
+    (root / "blank.txt").write_bytes(b" \n\t\n")
+    (root / "latin1.txt").write_bytes("na\u00efve caf\u00e9\n".encode("latin-1") * 20)
+    (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    (root / "nul.txt").write_bytes(b"text\x00with\x00nuls\n" * 10)
+    (root / "cfg_unknown.json").write_text(json.dumps({"model": {"n_layers": 2}}))
+    (root / "cfg_type.json").write_text(json.dumps({"train": {"batch_size": "64"}}))
+    (root / "cfg_bad.json").write_text("{model: 1")
+    return root
+
+
+@pytest.fixture
+def workspace(base_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "ws"
+    shutil.copytree(base_workspace, root)
+    monkeypatch.chdir(root)
+    return root
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# -- ways to break a run directory -------------------------------------------------------
+
+
+def edit_json(path: str, change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        data = json.loads((root / path).read_text())
+        change(data)
+        (root / path).write_text(json.dumps(data))
+    return setup
+
+
+def flip_byte(root: Path) -> None:
+    path = root / CKPT / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def truncate(root: Path) -> None:
+    path = root / CKPT / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def delete(path: str) -> Callable[[Path], None]:
+    return lambda root: (root / path).unlink()
+
+
+def write(path: str, content: str) -> Callable[[Path], None]:
+    return lambda root: (root / path).write_text(content)
+
+
+def forge(name: str, content: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    """Replace a checkpoint file *and* fix up its manifest, so only deeper checks can catch it."""
+    def setup(root: Path) -> None:
+        path = root / CKPT / name
+        path.write_bytes(content(path.read_bytes()))
+        manifest = json.loads((root / CKPT / "manifest.json").read_text())
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        manifest["files"][name] = {"bytes": path.stat().st_size, "sha256": digest}
+        (root / CKPT / "manifest.json").write_text(json.dumps(manifest))
+    return setup
+
+
+def to_float16(raw: bytes) -> bytes:
+    from safetensors.torch import load, save
+
+    return save({k: v.half() for k, v in load(raw).items()})
+
+
+def garbage_optimizer_meta(raw: bytes) -> bytes:
+    state = json.loads(raw)
+    state["optimizer"] = 5
+    return json.dumps(state).encode()
+
+
+TRAIN = ["train", "--preset", "tiny", "--dataset", "data/ok", "--no-progress"]
+SAMPLE = ["sample", "runs/ok", "--max-new-tokens", "5"]
+
+CLI_CASES = [
+    # paths and files
+    ("missing file", None, ["prepare", "--text", "nope.txt"], "not found: nope.txt"),
+    ("directory", None, ["prepare", "--text", "data"], "data is a directory"),
+    ("empty file", None, ["prepare", "--text", "empty.txt"], "empty.txt is empty"),
+    ("blank file", None, ["prepare", "--text", "blank.txt"], "blank.txt is empty"),
+    ("binary file", None, ["prepare", "--text", "image.png"], "image.png is not UTF-8"),
+    ("NUL bytes", None, ["prepare", "--text", "nul.txt"], "binary file"),
+    ("latin-1 file", None, ["prepare", "--text", "latin1.txt"], "not UTF-8 text (byte 0xef"),
+    ("unknown corpus", None, ["prepare", "wikipedia"], "unknown corpus 'wikipedia'"),
+    ("nothing to prepare", None, ["prepare"], "nothing to prepare"),
+    ("name and --text", None, ["prepare", "shakespeare", "--text", "x.txt"], "not both"),
+    ("dataset not found", None, [*TRAIN, "--dataset", "nowhere"], "dataset 'nowhere' not found"),
+    ("dataset without meta", None, [*TRAIN, "--dataset", "runs"], "has no meta.json"),
+    # config values
+    ("batch size 0", None, [*TRAIN, "--batch-size", "0"], "batch_size must be a positive integer, got 0"),
+    ("negative batch size", None, [*TRAIN, "--batch-size", "-4"], "batch_size must be a positive integer, got -4"),
+    ("zero layers", None, [*TRAIN, "--n-layer", "0"], "n_layer must be a positive integer"),
+    ("negative max_iters", None, [*TRAIN, "--max-iters", "-1"], "max_iters must be a positive integer"),
+    ("lr 0", None, [*TRAIN, "--lr", "0"], "lr must be a positive number, got 0.0"),
+    ("negative lr", None, [*TRAIN, "--lr=-1e-3"], "lr must be a positive number"),
+    ("lr not a number", None, [*TRAIN, "--lr", "1e-3x"], "--lr expects float, got '1e-3x'"),
+    ("min_lr above lr", None, [*TRAIN, "--min-lr", "1"], "min_lr (1.0) must not exceed lr"),
+    ("dropout 1", None, [*TRAIN, "--dropout", "1.0"], "dropout must be in [0, 1)"),
+    ("negative dropout", None, [*TRAIN, "--dropout", "-0.1"], "dropout must be in [0, 1)"),
+    ("n_embd % n_head", None, [*TRAIN, "--n-embd", "100", "--n-head", "6"], "must be divisible by n_head (6)"),
+    ("block larger than data", None, [*TRAIN, "--block-size", "100000"], "too few for block_size 100000"),
+    ("eval_iters 0", None, [*TRAIN, "--eval-iters", "0"], "eval_iters must be a positive integer"),
+    ("grad_accum 0", None, [*TRAIN, "--grad-accum", "0"], "grad_accum must be a positive integer"),
+    ("wrong type int", None, [*TRAIN, "--batch-size", "abc"], "--batch-size expects int, got 'abc'"),
+    ("wrong type float for int", None, [*TRAIN, "--n-layer", "2.5"], "--n-layer expects int, got '2.5'"),
+    ("unknown device", None, [*TRAIN, "--device", "tpu"], "device must be one of"),
+    ("unknown dtype", None, [*TRAIN, "--dtype", "int8"], "dtype must be one of"),
+    ("float16 on cpu", None, [*TRAIN, "--dtype", "float16", "--device", "cpu"], "float16 needs a CUDA GPU"),
+    ("unknown attention", None, [*TRAIN, "--attention", "flash"], "attention must be one of"),
+    ("unknown preset", None, ["train", "--preset", "huge"], "unknown preset 'huge'"),
+    ("unknown flag", None, ["train", "--n-layers", "3"], "unrecognized arguments: --n-layers"),
+    ("config unknown key", None, ["train", "--config", "cfg_unknown.json"], "unknown key(s) in model: n_layers"),
+    ("config wrong type", None, ["train", "--config", "cfg_type.json"], "train.batch_size must be int"),
+    ("config not JSON", None, ["train", "--config", "cfg_bad.json"], "cfg_bad.json is not valid JSON"),
+    ("config missing", None, ["train", "--config", "nope.json"], "config file not found: nope.json"),
+    ("out-dir holds a run", None, [*TRAIN, "--out-dir", "runs/ok"], "runs/ok already holds a run"),
+    # sampling
+    ("unknown prompt character", None, [*SAMPLE, "--prompt", "Zounds"], "character 'Z' (U+005A)"),
+    ("negative max_new_tokens", None, [*SAMPLE, "--max-new-tokens", "-1"], "max_new_tokens must be >= 0"),
+    ("max_new_tokens not int", None, [*SAMPLE, "--max-new-tokens", "ten"], "expected an integer, got 'ten'"),
+    ("temperature 0", None, [*SAMPLE, "--temperature", "0"], "temperature must be > 0"),
+    ("negative temperature", None, [*SAMPLE, "--temperature", "-1"], "temperature must be > 0"),
+    ("top_p 0", None, [*SAMPLE, "--top-p", "0"], "top_p must be in (0, 1]"),
+    ("top_p above 1", None, [*SAMPLE, "--top-p", "1.5"], "top_p must be in (0, 1]"),
+    ("top_k 0", None, [*SAMPLE, "--top-k", "0"], "top_k must be >= 1"),
+    ("prompt longer than context", None, [*SAMPLE, "--prompt", "the king " * 5], "longer than the model's context"),
+    ("unknown checkpoint name", None, [*SAMPLE, "--checkpoint", "newest"], "unknown checkpoint 'newest'"),
+    ("not a run directory", None, ["sample", "data/ok"], "config.json is missing"),
+    ("run directory missing", None, ["info", "runs/nope"], "run directory not found: runs/nope"),
+    # checkpoints
+    ("corrupt weights", flip_byte, SAMPLE, "does not match its sha256"),
+    ("truncated weights", truncate, SAMPLE, "has the wrong size (truncated?)"),
+    ("missing weights", delete(f"{CKPT}/model.safetensors"), SAMPLE, "model.safetensors is missing"),
+    ("missing manifest", delete(f"{CKPT}/manifest.json"), SAMPLE, "manifest.json is missing"),
+    ("missing config", delete("runs/ok/config.json"), ["info", "runs/ok"], "config.json is missing"),
+    ("missing latest", delete("runs/ok/latest.json"), SAMPLE, "latest.json is missing"),
+    ("wrong format version", edit_json("runs/ok/config.json", lambda d: d.update(format_version=99)), SAMPLE,
+     "format version 99"),
+    ("shape mismatch", edit_json("runs/ok/config.json", lambda d: d["model"].update(n_embd=64)), SAMPLE,
+     "has shape"),
+    ("config edited to nonsense", edit_json("runs/ok/config.json", lambda d: d["model"].update(n_head=5)), SAMPLE,
+     "must be divisible by n_head (5)"),
+    ("latest.json garbage", write("runs/ok/latest.json", "{oops"), SAMPLE, "latest.json is not valid JSON"),
+    ("latest.json escapes", write("runs/ok/latest.json", json.dumps({"checkpoint": "../../etc"})), SAMPLE,
+     "does not name a checkpoint folder"),
+    ("tokenizer corrupt", write("runs/ok/tokenizer.json", json.dumps({"kind": "char", "version": 1})), SAMPLE,
+     "tokenizer.json is invalid"),
+    ("forged safetensors header", forge("model.safetensors", lambda raw: b"\xff" * 64), SAMPLE,
+     "not a readable safetensors file"),
+    ("forged dtype", forge("model.safetensors", to_float16), SAMPLE, "has dtype F16"),
+    # resuming
+    ("resume with another shape", None, ["train", "--resume", "runs/ok", "--n-embd", "64"], "n_embd 32 -> 64"),
+    ("resume with another batch", None, ["train", "--resume", "runs/ok", "--batch-size", "4"], "batch_size 8 -> 4"),
+    ("resume with a preset", None, ["train", "--resume", "runs/ok", "--preset", "tiny"], "drop --preset"),
+    ("resume a missing run", None, ["train", "--resume", "runs/nope"], "config.json is missing"),
+    ("resume edited trainer.json", forge("trainer.json", garbage_optimizer_meta), ["train", "--resume", "runs/ok"],
+     "trainer.json is malformed: 'optimizer' must be"),
+    ("resume changed data", edit_json("data/ok/meta.json", lambda d: d["source"].update(sha256="f" * 64)),
+     ["train", "--resume", "runs/ok"], "not the one this run trained on"),
+]
+
+
+@pytest.mark.parametrize("setup,argv,fragment", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input(workspace: Path, capsys: pytest.CaptureFixture, setup, argv: list[str], fragment: str) -> None:
+    if setup:
+        setup(workspace)
+    capsys.readouterr()
+    before = snapshot(workspace)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("quill: error: ") and "Traceback" not in err
+    assert fragment in lines[0], lines[0]
+    assert out == ""
+    assert snapshot(workspace) == before  # nothing on disk changed or lost
+
+
+def unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "secret.txt"
+    path.write_text("hello")
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    read_text(path)
+
+
+def tiny_model() -> torch.nn.Module:
+    return build_model(ModelConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
+
+
+API_CASES = [
+    ("unreadable file", unreadable, DataError, "permission denied"),
+    ("unknown character", lambda *_: CharTokenizer.from_text("abc").encode("abd"), TokenizerError, "'d'"),
+    ("n_embd % n_head", lambda *_: ModelConfig(n_embd=10, n_head=3).validate(), ConfigError, "divisible"),
+    ("unknown config key", lambda *_: RunConfig.from_dict({"train": {"lr_max": 1}}), ConfigError, "lr_max"),
+    ("wrong config type", lambda *_: RunConfig.from_dict({"model": {"dropout": "0.1"}}), ConfigError, "float"),
+    ("eval_iters 0", lambda *_: TrainConfig(eval_iters=0).validate(), ConfigError, "eval_iters"),
+    ("temperature 0", lambda *_: generate(tiny_model(), torch.zeros(1, 1, dtype=torch.long), 3, temperature=0.0),
+     SamplingError, "temperature"),
+    ("load missing run", lambda tmp, _: load_run(tmp / "nope"), CheckpointError, "not found"),
+    ("batches bigger than data", lambda *_: Batches(np.zeros(5, dtype=np.uint16), 2, 8, 0), DataError, "too few"),
+    ("empty text to tokenizer", lambda *_: CharTokenizer.from_text(""), TokenizerError, "empty"),
+]
+
+
+@pytest.mark.parametrize("call,error,fragment", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES])
+def test_api_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call, error: type, fragment: str) -> None:
+    with pytest.raises(error) as info:
+        call(tmp_path, monkeypatch)
+    message = str(info.value)
+    assert fragment in message and "\n" not in message
+
+
+def test_corpus_has_at_least_30_cases() -> None:
+    assert len(CLI_CASES) + len(API_CASES) >= 30
