@@ -71,3 +71,23 @@ def test_scratch_norm_model_loads_torch_norm_weights() -> None:
     b.load_state_dict(a.state_dict())
     idx = torch.randint(0, 20, (2, 8))
     assert torch.allclose(a(idx)[0], b(idx)[0], atol=1e-5)
+
+
+def test_stacked_weights_are_refreshed_after_an_update() -> None:
+    """The no-grad path reuses the stacked q/k/v matrix; it must notice in-place changes."""
+    torch.manual_seed(0)
+    attn = FusedMultiHeadAttention(16, 2, 8, 0.0).eval()
+    x = torch.randn(1, 4, 16)
+    with torch.no_grad():
+        before = attn(x)
+        assert torch.equal(attn(x), before)
+        attn.heads[1].value.weight.mul_(2.0)  # like an optimizer step
+        after = attn(x)
+    assert not torch.allclose(before, after)
+    classic = MultiHeadAttention(16, 2, 8, 0.0).eval()
+    classic.load_state_dict(attn.state_dict())
+    assert torch.allclose(classic(x), after, atol=1e-6)
+    other = FusedMultiHeadAttention(16, 2, 8, 0.0).eval()
+    with torch.no_grad():
+        attn.load_state_dict(other.state_dict())
+        assert torch.allclose(attn(x), other(x), atol=1e-6)

@@ -74,3 +74,55 @@ def test_bad_sampling_parameters(kw: dict, match: str) -> None:
     args.update(kw)
     with pytest.raises(SamplingError, match=match):
         generate(model, torch.zeros(1, 1, dtype=torch.long), **args)
+
+
+def _cached_model(block_size: int = 8, attention: str = "fused"):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=13, block_size=block_size, n_layer=2, n_head=2, n_embd=16, dropout=0.1,
+                         attention=attention)
+    return build_model(config)
+
+
+def test_greedy_with_and_without_cache_is_identical_within_the_context() -> None:
+    model = _cached_model(block_size=32)
+    prompt = torch.randint(0, 13, (2, 5))
+    cached = generate(model, prompt, 27, top_k=1, use_cache=True)
+    plain = generate(model, prompt, 27, top_k=1, use_cache=False)
+    assert torch.equal(cached, plain)
+
+
+def test_cached_logits_match_a_full_forward() -> None:
+    model = _cached_model(block_size=16).eval()
+    idx = torch.randint(0, 13, (3, 16))
+    full, _ = model(idx)
+    cache = model.new_kv_cache(3)
+    prefill, _ = model(idx[:, :6], kv_cache=cache)  # a multi-token chunk first, then one at a time
+    chunk, _ = model(idx[:, 6:9], kv_cache=cache)  # a multi-token chunk after cached tokens
+    steps = [model(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(9, 16)]
+    assert torch.allclose(torch.cat([prefill, chunk, *steps], dim=1), full, atol=1e-5)
+
+
+def test_cache_rolls_past_block_size_as_documented() -> None:
+    """Past block_size the cache refills from the newest block_size // 2 tokens; check the
+    cached run against a no-cache run that uses exactly those context windows."""
+    from quillgpt.sample import cache_window
+
+    model = _cached_model(block_size=8).eval()
+    prompt = torch.randint(0, 13, (1, 3))
+    cached = generate(model, prompt, 30, top_k=1, use_cache=True)
+    tokens, cached_count, start = prompt, 0, 0
+    for _ in range(30):
+        window = cache_window(cached_count, 8)
+        if cached_count in (0, 8):  # refill: the context now starts `window` tokens back
+            start, cached_count = max(0, tokens.size(1) - window), 0
+        cached_count += min(window, tokens.size(1) - start) if window > 1 else 1
+        logits, _ = model(tokens[:, start:])
+        tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(cached, tokens)
+
+
+def test_classic_attention_samples_without_a_cache() -> None:
+    model = _cached_model(attention="classic")
+    assert not model.supports_kv_cache
+    out = generate(model, torch.zeros(1, 1, dtype=torch.long), 20, top_k=1)
+    assert out.shape == (1, 21)

@@ -215,6 +215,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from quillgpt import bench
+
+    preset(args.preset)  # unknown preset: one clear line
+    if args.what == "sample":
+        if args.new_tokens < 1:
+            raise ConfigError(f"--new-tokens must be >= 1, got {args.new_tokens}")
+        rows = bench.bench_sample(args.preset, args.new_tokens, args.device)
+        print(bench.format_sample_table(rows, args.preset, args.device))
+    else:
+        if args.steps < 1 or args.warmup < 0:
+            raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+        result = bench.bench_train(args.preset, args.steps, args.warmup, args.device, args.batch_size,
+                                   progress=lambda line: print(line, file=sys.stderr))
+        print(bench.format_train_table(result))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from quillgpt.metrics import MetricsLog
 
@@ -288,6 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--crop-prompt", action="store_true",
                         help="allow a prompt longer than the context (the model sees its last block_size tokens)")
     sample.set_defaults(func=cmd_sample)
+
+    bench = commands.add_parser("bench", help="measure speed side by side (prints ratios)")
+    bench.add_argument("what", choices=["train", "sample"])
+    bench.add_argument("--preset", default="seed-gpt", help="model/batch shape to measure (default seed-gpt)")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    bench.add_argument("--steps", type=optional_int, default=5, help="timed training steps per variant")
+    bench.add_argument("--warmup", type=optional_int, default=2, help="untimed steps first (compile happens here)")
+    bench.add_argument("--batch-size", type=optional_int, default=None, help="override the preset's batch size")
+    bench.add_argument("--new-tokens", type=optional_int, default=1000, help="tokens to sample")
+    bench.set_defaults(func=cmd_bench)
 
     info = commands.add_parser("info", help="show a run's size, config and losses")
     info.add_argument("run_dir")

@@ -59,18 +59,44 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+def cache_window(cached: int, block_size: int) -> int:
+    """How many of the most recent tokens to feed the model next, given ``cached`` tokens in the cache.
+
+    0 cached: fill the cache with up to block_size tokens. Room left: feed just the newest
+    token. Full: the position embeddings are absolute, so the cache cannot slide by one;
+    refill it from the newest ``block_size // 2`` tokens (one recompute per block_size // 2
+    new tokens). So past block_size the model sees between block_size // 2 and block_size
+    tokens of context; without the cache it always sees block_size.
+    """
+    if cached == 0:
+        return block_size
+    if cached < block_size:
+        return 1
+    return max(1, block_size // 2)
+
+
 @torch.no_grad()
 def stream(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-    """Yield ``max_new_tokens`` tokens (each (B, 1)) continuing ``idx`` (B, T)."""
+           generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield ``max_new_tokens`` tokens (each (B, 1)) continuing ``idx`` (B, T).
+
+    With ``use_cache`` (and a model that supports it) each step runs the model on the new
+    token only, reusing the keys/values of the earlier ones (see ``cache_window``).
+    """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     was_training = model.training
     model.eval()
+    cache = model.new_kv_cache(idx.size(0)) if use_cache and getattr(model, "supports_kv_cache", False) else None
     try:
         for _ in range(max_new_tokens):
-            context = idx[:, -model.block_size:]
-            logits, _ = model(context)
+            if cache is None:
+                logits, _ = model(idx[:, -model.block_size:])
+            else:
+                window = cache_window(cache.length, model.block_size)
+                if cache.length == 0 or cache.length >= model.block_size:
+                    cache.reset()  # (re)fill from the newest `window` tokens
+                logits, _ = model(idx[:, -window:], kv_cache=cache)
             next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
             idx = torch.cat((idx, next_token), dim=1)
             yield next_token
@@ -80,7 +106,7 @@ def stream(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature
 
 def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
     """Return ``idx`` with ``max_new_tokens`` sampled tokens appended (B, T + new)."""
-    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator))
+    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache))
     return torch.cat([idx, *new], dim=1)

@@ -58,6 +58,35 @@ class MultiHeadAttention(nn.Module):
         return self.dropout(self.proj(out))
 
 
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, so each new token costs one position.
+
+    Preallocated as (B, n_head, block_size, head_size) per layer; ``length`` tokens are filled.
+    The GPT's position embeddings are absolute, so a full cache cannot slide by one token:
+    ``quillgpt.sample`` empties it and refills it from the most recent tokens instead.
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, block_size: int, head_size: int,
+                 device: torch.device | str, dtype: torch.dtype) -> None:
+        shape = (batch, n_head, block_size, head_size)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.block_size = block_size
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new (B, nh, T, hs) keys/values after the cached ones; return all of them."""
+        start, end = self.length, self.length + k.size(2)
+        if end > self.block_size:
+            raise ValueError(f"KV cache overflow: {end} positions > block_size {self.block_size}")
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
 class FusedMultiHeadAttention(MultiHeadAttention):
     """Fast path: the same parameters as ``MultiHeadAttention``, all heads at once."""
 
@@ -65,21 +94,41 @@ class FusedMultiHeadAttention(MultiHeadAttention):
         super().__init__(n_embd, n_head, block_size, dropout)
         self.n_head = n_head
         self.attn_dropout = dropout
+        self._stacked: tuple[tuple[int, ...], torch.Tensor] | None = None
 
     def qkv_weight(self) -> torch.Tensor:
-        """The per-head projections stacked as one (3 * n_embd, n_embd) matrix: q, then k, then v."""
-        heads = self.heads
-        return torch.cat([h.query.weight for h in heads] + [h.key.weight for h in heads]
-                         + [h.value.weight for h in heads])
+        """The per-head projections stacked as one (3 * n_embd, n_embd) matrix: q, then k, then v.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Without autograd (sampling, eval) the stacked copy is reused until a weight changes:
+        every in-place update (optimizer step, load_state_dict) bumps a tensor's _version.
+        """
+        heads = self.heads
+        weights = [h.query.weight for h in heads] + [h.key.weight for h in heads] + [h.value.weight for h in heads]
+        if torch.is_grad_enabled():
+            self._stacked = None
+            return torch.cat(weights)
+        versions = tuple(w._version for w in weights) + tuple(w.data_ptr() for w in weights)
+        if self._stacked is None or self._stacked[0] != versions:
+            self._stacked = (versions, torch.cat(weights))
+        return self._stacked[1]
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = F.linear(x, self.qkv_weight()).split(C, dim=-1)
         # (B, T, C) -> (B, n_head, T, head_size): head i owns columns i*hs:(i+1)*hs,
         # exactly the order in which MultiHeadAttention concatenates its heads.
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        mask, causal = None, True
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)
+            if past > 0:  # new query i sits at position past + i and may see keys 0..past + i
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+            dropout_p=self.attn_dropout if self.training else 0.0,
         )  # default scale is 1/sqrt(head_size), as in Head
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.dropout(self.proj(y))

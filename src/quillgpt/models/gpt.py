@@ -15,7 +15,7 @@ from torch import nn
 
 from quillgpt.config import ModelConfig
 from quillgpt.errors import ConfigError
-from quillgpt.models.attention import FusedMultiHeadAttention, MultiHeadAttention
+from quillgpt.models.attention import FusedMultiHeadAttention, KVCache, MultiHeadAttention
 from quillgpt.models.base import LanguageModel, language_model_loss
 
 
@@ -73,8 +73,9 @@ class Block(nn.Module):
         self.ln1 = make_norm(config.norm, config.n_embd)
         self.ln2 = make_norm(config.norm, config.n_embd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.sa(self.ln1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        attended = self.sa(self.ln1(x)) if cache is None else self.sa(self.ln1(x), cache, layer)
+        x = x + attended
         x = x + self.ffwd(self.ln2(x))
         return x
 
@@ -100,15 +101,33 @@ class GPT(LanguageModel):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @property
+    def supports_kv_cache(self) -> bool:
+        return self.config.attention == "fused"
+
+    def new_kv_cache(self, batch: int) -> KVCache:
+        c = self.config
+        weight = self.lm_head.weight
+        return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.head_size, weight.device, weight.dtype)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                loss_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                loss_mask: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every position of ``idx`` (B, T); with ``kv_cache``, ``idx`` continues the cached tokens."""
         B, T = idx.shape
-        if self.block_size < T:
-            raise ConfigError(f"sequence of {T} tokens is longer than block_size {self.block_size}: "
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.block_size:
+            raise ConfigError(f"sequence of {start + T} tokens is longer than block_size {self.block_size}: "
                               "crop the context to the last block_size tokens")
         tok_emb = self.token_embedding_table(idx)  # (B, T, C)
-        pos_emb = self.position_embedding_table(torch.arange(T, device=idx.device))  # (T, C)
-        x = self.blocks(tok_emb + pos_emb)
+        pos_emb = self.position_embedding_table(torch.arange(start, start + T, device=idx.device))  # (T, C)
+        x = tok_emb + pos_emb
+        if kv_cache is None:
+            x = self.blocks(x)
+        else:
+            for layer, block in enumerate(self.blocks):
+                x = block(x, kv_cache, layer)
+            kv_cache.length += T
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
         loss = None if targets is None else language_model_loss(logits, targets, loss_mask)
         return logits, loss
