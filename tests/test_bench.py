@@ -1,0 +1,51 @@
+"""quill bench: the measurements run and the tables hold what they claim (not the speeds)."""
+
+import pytest
+
+from quillgpt.bench import (
+    TrainVariant,
+    bench_sample,
+    bench_train,
+    flops_per_token,
+    format_sample_table,
+    format_train_table,
+)
+from quillgpt.cli import main
+from quillgpt.config import preset
+
+
+def test_bench_sample_measures_both_paths() -> None:
+    rows = bench_sample("tiny", new_tokens=20)
+    assert [r["path"] for r in rows] == ["no cache", "KV cache"]
+    assert rows[0]["ratio"] == 1.0 and all(r["tokens_per_s"] > 0 for r in rows)
+    assert "| KV cache | 20 |" in format_sample_table(rows, "tiny", "cpu")
+
+
+def test_bench_train_reports_every_variant() -> None:
+    variants = [TrainVariant("classic fp32", "classic", "float32", False),
+                TrainVariant("fused bf16", "fused", "bfloat16", False)]
+    result = bench_train("tiny", steps=1, warmup=1, variants=variants, progress=lambda line: None)
+    assert [r["variant"] for r in result["rows"]] == ["classic fp32", "fused bf16"]
+    for row in result["rows"]:
+        assert row["ms_per_step"] > 0 and row["mfu"] > 0 and row["tflops"] > 0
+    table = format_train_table(result)
+    assert "| classic fp32 |" in table and "1.00x" in table and "measured matmul peak" in table
+
+
+def test_flops_per_token_for_the_lecture_gpt() -> None:
+    config = preset("seed-gpt")
+    config.model.vocab_size = 65
+    n_params = 10_788_929
+    matmul_params = n_params - 65 * 384 - 256 * 384
+    assert flops_per_token(config, n_params) == 6 * matmul_params + 12 * 6 * 384 * 256
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["bench", "sample", "--preset", "huge"], "unknown preset 'huge'"),
+    (["bench", "sample", "--new-tokens", "0"], "--new-tokens must be >= 1"),
+    (["bench", "train", "--steps", "0"], "--steps must be >= 1"),
+])
+def test_bench_bad_input(capsys: pytest.CaptureFixture, argv: list[str], fragment: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err
