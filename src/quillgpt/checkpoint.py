@@ -17,7 +17,6 @@ anything, and checks the manifest, keys, shapes and dtypes before using a tensor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from safetensors.torch import save_file
 import quillgpt
 from quillgpt.config import RunConfig
 from quillgpt.errors import CheckpointError, QuillError
-from quillgpt.fsutil import atomic_write_json, fsync_dir
+from quillgpt.fsutil import atomic_write_json, fsync_dir, sha256_file
 from quillgpt.models import LanguageModel, build_model
 from quillgpt.tokenizers import CharTokenizer, tokenizer_from_dict
 
@@ -60,14 +59,6 @@ def write_run_files(run_dir: Path, config: RunConfig, tokenizer: CharTokenizer, 
 
 def _cpu_contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor],
@@ -121,7 +112,7 @@ def _write_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Ten
         time.sleep(delay)
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {"format_version": FORMAT_VERSION, "step": step,
-                    "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in files}}
+                    "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in files}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         for path in tmp.iterdir():
             with open(path, "rb") as handle:
@@ -234,7 +225,7 @@ def verify_manifest(checkpoint: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
         if not isinstance(expected, dict) or path.stat().st_size != expected.get("bytes"):
             raise CheckpointError(f"{path} has the wrong size (truncated?): the checkpoint is corrupt")
-        if _sha256(path) != expected.get("sha256"):
+        if sha256_file(path) != expected.get("sha256"):
             raise CheckpointError(f"{path} does not match its sha256 in manifest.json: the checkpoint is corrupt")
     return manifest
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from quillgpt.errors import DataError
-from quillgpt.fsutil import atomic_write, atomic_write_json
+from quillgpt.fsutil import atomic_write, atomic_write_json, sha256_file
 from quillgpt.tokenizers import CharTokenizer, tokenizer_from_dict
 
 META_VERSION = 1
@@ -81,14 +81,6 @@ def corpus_candidates(corpus: Corpus, data_path: str | None = None) -> list[Path
         if place not in unique:
             unique.append(place)
     return unique
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_corpus(name: str, data_path: str | None = None, download: bool = True) -> Path:
