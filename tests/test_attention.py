@@ -91,3 +91,28 @@ def test_stacked_weights_are_refreshed_after_an_update() -> None:
     with torch.no_grad():
         attn.load_state_dict(other.state_dict())
         assert torch.allclose(attn(x), other(x), atol=1e-6)
+
+
+def test_byte_dropout_keeps_the_expected_fraction_and_mean() -> None:
+    from quillgpt.models.attention import byte_dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000)
+    y = byte_dropout(x, 0.2)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 205 / 256) < 0.003  # p rounded to 51/256
+    assert abs(y.mean().item() - 1.0) < 0.005  # kept values scaled by 256/205
+    assert torch.unique(y).tolist() == [0.0, torch.tensor(256 / 205).item()]  # float32 of 256/205
+    assert torch.equal(byte_dropout(x, 0.0), x)
+    odd = torch.ones(3, 5, 7)  # sizes that are not a multiple of 8 bytes
+    assert byte_dropout(odd, 0.5).shape == odd.shape
+
+
+def test_fused_training_path_with_dropout_still_learns_and_is_causal() -> None:
+    torch.manual_seed(0)
+    attn = FusedMultiHeadAttention(16, 2, 8, 0.5).train()
+    x = torch.randn(2, 8, 16, requires_grad=True)
+    out = attn(x)
+    out[:, 3].sum().backward()
+    assert x.grad[:, 4:].abs().max() == 0  # position 3 never looks ahead, with dropout too
+    assert x.grad[:, :4].abs().max() > 0

@@ -58,6 +58,24 @@ class MultiHeadAttention(nn.Module):
         return self.dropout(self.proj(out))
 
 
+def byte_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout whose mask comes from random bytes: ~10x cheaper than ``bernoulli_`` on CPU.
+
+    One 64-bit random draw gives 8 mask bytes; an element is kept when its byte is below
+    round((1 - p) * 256), so the drop probability is p rounded to a multiple of 1/256
+    (0.2 -> 51/256 = 0.199). Kept elements are scaled by 256/threshold so the expected
+    value is unchanged, as in ``nn.Dropout``.
+    """
+    threshold = round((1.0 - p) * 256)
+    if threshold >= 256:
+        return x
+    n_words = (x.numel() + 7) // 8
+    # The full int64 range, so all 8 bytes of a word are uniform (a narrower range biases the top byte).
+    words = torch.randint(-(2**63), 2**63 - 1, (n_words,), dtype=torch.int64, device=x.device)
+    keep = words.view(torch.uint8)[: x.numel()].view(x.shape) < threshold
+    return x * keep.to(x.dtype) * (256.0 / threshold)
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, so each new token costs one position.
 
@@ -126,9 +144,18 @@ class FusedMultiHeadAttention(MultiHeadAttention):
                 causal = False
                 if T > 1:
                     mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-        )  # default scale is 1/sqrt(head_size), as in Head
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.dropout(self.proj(y))
+        if self.training and self.attn_dropout > 0 and x.device.type == "cpu":
+            # On CPU, SDPA with dropout falls back to its math path and spends most of its
+            # time drawing the mask with bernoulli_; do the same math with a byte mask.
+            wei = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5
+            wei = wei.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+            y = byte_dropout(F.softmax(wei, dim=-1), self.attn_dropout) @ v
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                dropout_p=self.attn_dropout if self.training else 0.0,
+            )  # default scale is 1/sqrt(head_size), as in Head
+        y = self.proj(y.transpose(1, 2).reshape(B, T, C))
+        if self.training and self.attn_dropout > 0 and x.device.type == "cpu":
+            return byte_dropout(y, self.attn_dropout)
+        return self.dropout(y)
