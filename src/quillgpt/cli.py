@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -161,8 +162,6 @@ def choose_run_dir(config: RunConfig, args: argparse.Namespace) -> Path:
 
 
 def _clear_run_dir(run_dir: Path) -> None:
-    import shutil
-
     for name in ("checkpoints", "latest.json", "best.json", "metrics.jsonl", "loss.png"):
         path = run_dir / name
         if path.is_dir():

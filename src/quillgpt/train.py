@@ -10,6 +10,8 @@ logged to ``metrics.jsonl`` and ``loss.png`` and a checkpoint is written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import random
 import signal
@@ -488,8 +490,6 @@ SAFE_TO_CHANGE_ON_RESUME = frozenset({
 
 
 def _read_data_info(run_dir: Path) -> dict[str, Any]:
-    import json
-
     try:
         info = json.loads((run_dir / "data.json").read_text())
         if not isinstance(info.get("dataset"), str):
@@ -527,9 +527,6 @@ def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress
     Refuses (ConfigError) when the model shape, the batch/seed settings, the tokenizer or
     the dataset differ from the run's, naming what differs.
     """
-    import dataclasses
-    import json
-
     config = read_config(run_dir)
     changes = [f"{name} {getattr(config.model, name)!r} -> {value!r}" for name, value in overrides["model"].items()
                if getattr(config.model, name) != value]
