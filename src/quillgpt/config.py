@@ -34,7 +34,7 @@ class ModelConfig:
     n_head: int = 6
     n_embd: int = 384
     dropout: float = 0.2
-    attention: str = "fused"  # "classic": the lecture's per-head loop; "fused": SDPA
+    attention: str = "fused"  # "classic": the lecture's per-head loop; "fused": SDPA + fast paths
     norm: str = "torch"  # "scratch": the lecture's hand-written LayerNorm
 
     def validate(self) -> None:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quillgpt.models import matvec
+
 
 class Head(nn.Module):
     """One head of causal self-attention."""
@@ -113,6 +115,7 @@ class FusedMultiHeadAttention(MultiHeadAttention):
         self.n_head = n_head
         self.attn_dropout = dropout
         self._stacked: tuple[tuple[int, ...], torch.Tensor] | None = None
+        self._prepared = matvec.PreparedWeights()  # one-token decoding fast path, see matvec.py
 
     def qkv_weight(self) -> torch.Tensor:
         """The per-head projections stacked as one (3 * n_embd, n_embd) matrix: q, then k, then v.
@@ -132,7 +135,7 @@ class FusedMultiHeadAttention(MultiHeadAttention):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = F.linear(x, self.qkv_weight()).split(C, dim=-1)
+        q, k, v = matvec.linear(x, self.qkv_weight(), None, self._prepared, "qkv").split(C, dim=-1)
         # (B, T, C) -> (B, n_head, T, head_size): head i owns columns i*hs:(i+1)*hs,
         # exactly the order in which MultiHeadAttention concatenates its heads.
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -155,7 +158,7 @@ class FusedMultiHeadAttention(MultiHeadAttention):
                 q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                 dropout_p=self.attn_dropout if self.training else 0.0,
             )  # default scale is 1/sqrt(head_size), as in Head
-        y = self.proj(y.transpose(1, 2).reshape(B, T, C))
+        y = matvec.linear(y.transpose(1, 2).reshape(B, T, C), self.proj.weight, self.proj.bias, self._prepared, "proj")
         if self.training and self.attn_dropout > 0 and x.device.type == "cpu":
             return byte_dropout(y, self.attn_dropout)
         return self.dropout(y)

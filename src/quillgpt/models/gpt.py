@@ -11,10 +11,12 @@ With vocab 65, n_embd 384, n_head 6, n_layer 6 and block 256 it has 10,788,929 p
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from quillgpt.config import ModelConfig
 from quillgpt.errors import ConfigError
+from quillgpt.models import matvec
 from quillgpt.models.attention import FusedMultiHeadAttention, KVCache, MultiHeadAttention
 from quillgpt.models.base import LanguageModel, language_model_loss
 
@@ -54,6 +56,21 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+class FastFeedForward(FeedForward):
+    """``FeedForward`` with the same parameters, decoding one token through ``matvec`` (see there)."""
+
+    def __init__(self, n_embd: int, dropout: float) -> None:
+        super().__init__(n_embd, dropout)
+        self._prepared = matvec.PreparedWeights()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expand, _, project, dropout = self.net
+        if not matvec.applies(x, expand.weight):
+            return self.net(x)
+        hidden = F.relu(matvec.linear(x, expand.weight, expand.bias, self._prepared, "expand"))
+        return dropout(matvec.linear(hidden, project.weight, project.bias, self._prepared, "project"))
+
+
 def make_norm(kind: str, dim: int) -> nn.Module:
     return LayerNorm1d(dim) if kind == "scratch" else nn.LayerNorm(dim)
 
@@ -67,9 +84,10 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        attention = FusedMultiHeadAttention if config.attention == "fused" else MultiHeadAttention
+        fast = config.attention == "fused"
+        attention = FusedMultiHeadAttention if fast else MultiHeadAttention
         self.sa = attention(config.n_embd, config.n_head, config.block_size, config.dropout)
-        self.ffwd = FeedForward(config.n_embd, config.dropout)
+        self.ffwd = (FastFeedForward if fast else FeedForward)(config.n_embd, config.dropout)
         self.ln1 = make_norm(config.norm, config.n_embd)
         self.ln2 = make_norm(config.norm, config.n_embd)
 
