@@ -22,7 +22,8 @@ from typing import Any, NoReturn
 
 import torch
 
-from quillgpt.checkpoint import load_run
+from quillgpt import distributed
+from quillgpt.checkpoint import load_run, read_config
 from quillgpt.config import PRESETS, ModelConfig, RunConfig, TrainConfig, field_types, parse_value, preset
 from quillgpt.data import CORPORA, TokenDataset, prepare_corpus, prepare_file, resolve_dataset
 from quillgpt.errors import ConfigError, QuillError, SamplingError
@@ -98,22 +99,42 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or resume); under torchrun every process runs this and rank 0 does the talking."""
     overrides = config_overrides(args)
     if args.resume:
         if args.config or args.preset_given:
             raise ConfigError("--resume continues a run with its own config: drop --preset/--config")
-        trainer = resume_trainer(Path(args.resume), overrides, progress=not args.no_progress)
-        print(f"resuming {trainer.run_dir} from step {trainer.step}")
+        config = None
+        device = overrides["train"].get("device") or read_config(Path(args.resume)).train.device
     else:
         base = load_config_file(args.config) if args.config else preset(args.preset)
         config = apply_overrides(base, overrides)
         config.validate()
-        run_dir = choose_run_dir(config, args)
+        device = config.train.device
+    dist = distributed.setup(device)
+    try:
+        return _train(args, overrides, config, dist)
+    finally:
+        distributed.teardown()
+
+
+def _train(args: argparse.Namespace, overrides: dict[str, dict[str, Any]], config: RunConfig | None,
+           dist: distributed.Distributed) -> int:
+    say = print if dist.is_main else _quiet
+    if config is None:
+        trainer = resume_trainer(Path(args.resume), overrides, progress=not args.no_progress, dist=dist)
+        say(f"resuming {trainer.run_dir} from step {trainer.step}")
+    else:
+        # Rank 0 picks (and, with --overwrite, clears) the run directory; the others follow.
+        run_dir = dist.broadcast(choose_run_dir(config, args) if dist.is_main else None)
         dataset = TokenDataset(resolve_dataset(config.train.dataset, args.data))
-        trainer = Trainer(config, dataset, run_dir, progress=not args.no_progress)
-        print(f"training {args.preset}: {trainer.model.num_parameters():,} parameters on "
-              f"{trainer.device} ({str(trainer.dtype).removeprefix('torch.')}), run dir {run_dir}")
+        trainer = Trainer(config, dataset, run_dir, progress=not args.no_progress, dist=dist)
+        processes = f" x {dist.world_size} processes" if dist.enabled else ""
+        say(f"training {args.preset}: {trainer.model.num_parameters():,} parameters on "
+            f"{trainer.device}{processes} ({str(trainer.dtype).removeprefix('torch.')}), run dir {run_dir}")
     result = trainer.train(stop_at=args.stop_at)
+    if not dist.is_main:
+        return 130 if result.interrupted == "SIGINT" else 143 if result.interrupted else 0
     print(summarize(result))
     if result.interrupted:
         print(f"\ninterrupted by {result.interrupted} at step {trainer.step}: checkpoint saved in "
@@ -124,6 +145,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print_sample(trainer.model, trainer.dataset.tokenizer, "", trainer.config.train.sample_chars,
                      temperature=1.0, top_k=None, top_p=None, seed=trainer.config.train.seed, device=trainer.device)
     return 0
+
+
+def _quiet(*args: object, **kwargs: object) -> None:
+    """``print`` for ranks other than 0, which keep quiet."""
 
 
 def load_config_file(path: str) -> RunConfig:

@@ -9,6 +9,7 @@ logged to ``metrics.jsonl`` and ``loss.png`` and a checkpoint is written.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -39,6 +40,7 @@ from quillgpt.checkpoint import (
 )
 from quillgpt.config import RunConfig
 from quillgpt.data import Batches, TokenDataset, resolve_dataset
+from quillgpt.distributed import Distributed
 from quillgpt.errors import CheckpointError, ConfigError, QuillError
 from quillgpt.metrics import MetricsLog, plot_losses
 from quillgpt.models import LanguageModel, build_model
@@ -209,30 +211,41 @@ class Trainer:
     """Owns the model, optimizer, batches and run directory of one training run."""
 
     def __init__(self, config: RunConfig, dataset: TokenDataset, run_dir: str | Path,
-                 resume_state: dict[str, Any] | None = None, progress: bool = True) -> None:
+                 resume_state: dict[str, Any] | None = None, progress: bool = True,
+                 dist: Distributed | None = None) -> None:
         config.model.vocab_size = dataset.tokenizer.vocab_size
         config.validate()
         dataset.check_block_size(config.model.block_size)
         self.config = config
         self.dataset = dataset
         self.run_dir = Path(run_dir)
-        self.progress = progress
+        self.dist = dist or Distributed()
+        self.progress = progress and self.dist.is_main
         t = config.train
         self.device = resolve_device(t.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
         self.dtype = resolve_dtype(t.dtype, self.device)
         if self.dtype == torch.float16 and self.device.type != "cuda":
             raise TrainingError("dtype float16 needs a CUDA GPU: use --dtype bfloat16 or float32 on this device")
-        seed_everything(t.seed)
+        seed_everything(self.dist.seed(t.seed))  # distinct dropout masks per rank; rank 0 as one process
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed on Ampere+
             torch.backends.cudnn.allow_tf32 = True
         self.model: LanguageModel = build_model(config.model).to(self.device)
-        self.forward_model = torch.compile(self.model) if t.compile else self.model
+        # DDP copies rank 0's weights to every rank here, and from then on averages the
+        # gradients across ranks during backward.
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.enabled else None)
+        wrapped = self.ddp if self.ddp is not None else self.model
+        self.forward_model = torch.compile(wrapped) if t.compile else wrapped
         self.optimizer = make_optimizer(self.model, config, self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
         block, batch = config.model.block_size, t.batch_size
-        self.train_batches = Batches(dataset.splits["train"], batch, block, t.seed, self.device)
-        self.eval_batches = {split: Batches(dataset.splits[split], batch, block, t.seed + 1 + i, self.device)
+        self.train_batches = Batches(dataset.splits["train"], batch, block, self.dist.seed(t.seed), self.device)
+        self.eval_batches = {split: Batches(dataset.splits[split], batch, block, self.dist.seed(t.seed + 1 + i),
+                                            self.device)
                              for i, split in enumerate(("train", "val"))}
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.step = 0
@@ -247,7 +260,7 @@ class Trainer:
         self._pending: list[torch.Tensor] = []  # per-step losses not yet logged (kept on the device)
         if resume_state is not None:
             self._restore(resume_state)
-        else:
+        elif self.dist.is_main:
             write_run_files(self.run_dir, config, dataset.tokenizer, self.data_info())
             self.metrics.path.unlink(missing_ok=True)
 
@@ -256,6 +269,27 @@ class Trainer:
                 "split": self.dataset.meta.get("split", {})}
 
     # -- one step ----------------------------------------------------------------------
+
+    def accumulate_gradients(self) -> torch.Tensor:
+        """Forward and backward ``grad_accum`` micro-batches; returns their mean loss.
+
+        Each loss is divided by ``grad_accum``, so the summed gradient is the mean over all
+        micro-batches: k micro-batches of B rows give the gradient of one batch of k * B.
+        Under DDP the gradients are averaged across ranks only in the last backward.
+        """
+        t = self.config.train
+        total = torch.zeros((), device=self.device)
+        for micro in range(t.grad_accum):
+            last = micro == t.grad_accum - 1
+            x, y = self.train_batches.next()
+            no_sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            with no_sync:
+                with autocast(self.device, self.dtype):
+                    _, loss = self.forward_model(x, y)
+                loss = loss / t.grad_accum
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+        return total
 
     def train_step(self) -> torch.Tensor:
         """One optimizer update; returns the mean loss (a tensor: reading it syncs the device).
@@ -267,19 +301,12 @@ class Trainer:
         lr = learning_rate(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total = torch.zeros((), device=self.device)
-        for _ in range(t.grad_accum):
-            x, y = self.train_batches.next()
-            with autocast(self.device, self.dtype):
-                _, loss = self.forward_model(x, y)
-            loss = loss / t.grad_accum
-            self.scaler.scale(loss).backward()
-            total += loss.detach()
-        if t.skip_nonfinite and not torch.isfinite(total).item():
+        total = self.accumulate_gradients()
+        if t.skip_nonfinite and not torch.isfinite(self.dist.mean(total)).item():  # every rank skips, or none
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.skipped_steps += 1
-            self.metrics.append({"kind": "skip", "step": self.step, "reason": "non-finite loss"})
+            self._record({"kind": "skip", "step": self.step, "reason": "non-finite loss"})
             return total
         if t.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
@@ -300,13 +327,13 @@ class Trainer:
             for split, batches in self.eval_batches.items():
                 losses = torch.zeros(self.config.train.eval_iters, device=self.device)
                 for i in range(len(losses)):
-                    if self.stop_signal is not None:
+                    if self.stop_signal is not None and not self.dist.enabled:  # ranks must not diverge
                         raise _EvalInterruptedError
                     x, y = batches.next()
                     with autocast(self.device, self.dtype):
                         _, loss = self.forward_model(x, y)
                     losses[i] = loss
-                out[split] = losses.mean().item()
+                out[split] = self.dist.mean(losses.mean()).item()
         except _EvalInterruptedError:
             # Undo the partial eval so a resumed run draws the same eval batches again.
             for split, batches in self.eval_batches.items():
@@ -335,7 +362,7 @@ class Trainer:
         try:
             with self._catch_stop_signals():
                 while True:
-                    if self.stop_signal is not None:
+                    if self._stop_requested():
                         interrupted = self._save_on_stop()
                         break
                     is_last = self.step >= t.max_iters
@@ -383,6 +410,21 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def _stop_requested(self) -> bool:
+        """Has a stop signal arrived? Under DDP the ranks agree at log points, so all stop at one step."""
+        if not self.dist.enabled:
+            return self.stop_signal is not None
+        if self.step % self.config.train.log_interval != 0:
+            return False
+        if self.dist.any(self.stop_signal is not None, self.device):
+            self.stop_signal = self.stop_signal or signal.SIGTERM
+            return True
+        return False
+
+    def _record(self, record: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            self.metrics.append(record)
+
     def _save_on_stop(self) -> str:
         name = signal.Signals(self.stop_signal).name
         if self.step > 0 and self.last_save_step != self.step:
@@ -391,7 +433,7 @@ class Trainer:
 
     def _log_train(self, bar: tqdm) -> None:
         """Log the mean loss since the last log; the only host-device sync outside evals."""
-        values = torch.stack(self._pending).tolist()
+        values = self.dist.mean(torch.stack(self._pending)).tolist()  # the mean over all ranks
         first_step = self.step - len(values) + 1
         for offset, value in enumerate(values):
             if not math.isfinite(value) and not self.config.train.skip_nonfinite:
@@ -402,11 +444,11 @@ class Trainer:
         now = time.perf_counter()
         steps = max(1, self.step - self._tick_step)
         t = self.config.train
-        tokens = steps * t.batch_size * t.grad_accum * self.config.model.block_size
+        tokens = steps * t.batch_size * t.grad_accum * self.config.model.block_size * self.dist.world_size
         record = {"kind": "train", "step": self.step, "loss": sum(finite) / len(finite) if finite else None,
                   "lr": learning_rate(self.step - 1, self.config),
                   "ms_per_step": 1000 * (now - self._tick) / steps, "tokens_per_s": tokens / (now - self._tick)}
-        self.metrics.append(record)
+        self._record(record)
         if record["loss"] is not None:
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
         self._tick, self._tick_step, self._pending = now, self.step, []
@@ -419,9 +461,10 @@ class Trainer:
         record = {"kind": "eval", "step": self.step, "train_loss": losses["train"], "val_loss": losses["val"],
                   "lr": learning_rate(max(0, self.step - 1), self.config),
                   "elapsed_s": round(time.perf_counter() - started, 3)}
-        self.metrics.append(record)
+        self._record(record)
         self.last_eval = record
-        plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}")
+        if self.dist.is_main:
+            plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}")
         if not math.isfinite(losses["val"]):
             raise TrainingError(f"validation loss is {losses['val']} at step {self.step}: training diverged; "
                                 "lower --lr")
@@ -432,7 +475,12 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------
 
-    def save(self, is_best: bool = False) -> Path:
+    def save(self, is_best: bool = False) -> Path | None:
+        """Write a checkpoint (rank 0; under DDP every rank must call this, to hand over its state)."""
+        ranks = self.dist.gather(self._rank_state()) if self.dist.enabled else None
+        if not self.dist.is_main:
+            self.last_save_step = self.step
+            return None
         opt_tensors, opt_meta = optimizer_to_checkpoint(self.optimizer)
         rng_tensors, rng_meta = rng_to_checkpoint()
         trainer_state = {
@@ -444,7 +492,10 @@ class Trainer:
             "batches": {"train": self.train_batches.state_dict(),
                         **{f"eval_{k}": b.state_dict() for k, b in self.eval_batches.items()}},
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "world_size": self.dist.world_size,
         }
+        if ranks is not None:
+            trainer_state["ranks"] = ranks  # each rank's own batches, losses and dropout RNG
         path = write_checkpoint(self.run_dir, self.step, self.model.state_dict(),
                                 {**opt_tensors, **rng_tensors}, trainer_state)
         self.last_save_step = self.step
@@ -474,7 +525,38 @@ class Trainer:
         self.skipped_steps = int(trainer.get("skipped_steps", 0))
         self.last_save_step = self.step
         self._pending = [torch.tensor(v, device=self.device) for v in trainer.get("pending_losses", [])]
-        self.metrics.truncate_after(self.step)
+        saved_world = int(trainer.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            raise ConfigError(f"this run trained with {saved_world} process(es), not {self.dist.world_size}: "
+                              f"resume it with torchrun --nproc_per_node={saved_world} (or without torchrun for 1)")
+        if self.dist.enabled:
+            self._restore_rank_state(trainer["ranks"][self.dist.rank])
+        if self.dist.is_main:
+            self.metrics.truncate_after(self.step)
+
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between DDP ranks: batch samplers, unlogged losses, the dropout RNG."""
+        state: dict[str, Any] = {
+            "batches": {"train": self.train_batches.state_dict(),
+                        **{f"eval_{k}": b.state_dict() for k, b in self.eval_batches.items()}},
+            "pending_losses": torch.stack(self._pending).tolist() if self._pending else [],
+            "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = base64.b64encode(torch.cuda.get_rng_state(self.device).numpy().tobytes()).decode()
+        return state
+
+    def _restore_rank_state(self, state: dict[str, Any]) -> None:
+        def raw(text: str) -> torch.Tensor:
+            return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype=np.uint8).copy())
+
+        self.train_batches.load_state_dict(state["batches"]["train"])
+        for split, batches in self.eval_batches.items():
+            batches.load_state_dict(state["batches"][f"eval_{split}"])
+        self._pending = [torch.tensor(v, device=self.device) for v in state["pending_losses"]]
+        torch.set_rng_state(raw(state["torch_rng"]))
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(raw(state["cuda_rng"]), self.device)
 
 
 # ---------------------------------------------------------------------------------------
@@ -521,7 +603,8 @@ def _check_trainer_state(path: Path, state: Any) -> None:
         raise CheckpointError(f"{path} is malformed: {problem}; resume from an intact copy of the run")
 
 
-def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress: bool = True) -> Trainer:
+def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress: bool = True,
+                   dist: Distributed | None = None) -> Trainer:
     """A Trainer that continues ``run_dir`` from its latest checkpoint.
 
     Refuses (ConfigError) when the model shape, the batch/seed settings, the tokenizer or
@@ -540,8 +623,9 @@ def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress
     if not (run_dir / "latest.json").exists() and not any((run_dir / "checkpoints").glob("step-*")):
         # Stopped before its first checkpoint: nothing to lose, so start it again from step 0.
         dataset = TokenDataset(resolve_dataset(_read_data_info(run_dir)["dataset"]))
-        remove_partial_checkpoints(run_dir)
-        return Trainer(config, dataset, run_dir, progress=progress)
+        if dist is None or dist.is_main:
+            remove_partial_checkpoints(run_dir)
+        return Trainer(config, dataset, run_dir, progress=progress, dist=dist)
     checkpoint = resolve_checkpoint(run_dir, "latest")
     verify_manifest(checkpoint)
     try:
@@ -558,10 +642,11 @@ def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress
     if dataset.tokenizer.to_dict() != run_tokenizer:
         raise ConfigError(f"the tokenizer of {dataset.folder} differs from the run's tokenizer.json: "
                           "restore the original data, or start a new run")
-    remove_partial_checkpoints(run_dir)
+    if dist is None or dist.is_main:
+        remove_partial_checkpoints(run_dir)
     try:
         return Trainer(config, dataset, run_dir, resume_state={"checkpoint": checkpoint, "trainer": trainer_state},
-                       progress=progress)
+                       progress=progress, dist=dist)
     except QuillError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
