@@ -1,8 +1,19 @@
 """Data: find a corpus, tokenize it into a memmap, and draw random (B, T) batches.
 
-A prepared dataset is a folder with ``train.bin`` and ``val.bin`` (token ids as uint16)
-and ``meta.json`` (tokenizer, source sha256, counts, split rule). ``meta.json`` is written
-last, so a folder without it was never finished and is prepared again.
+A prepared dataset is a folder with ``train.bin`` and ``val.bin`` (token ids as uint16,
+or uint32 when the vocabulary has more than 65,536 tokens) and ``meta.json`` (tokenizer,
+source sha256, token/character/byte counts of each split, the split rule). ``meta.json``
+is written last, so a folder without it was never finished and is prepared again.
+
+Preparing streams the text (see ``quillgpt.sources``): one pass checks it and counts its
+characters, a second trains the BPE tokenizer if one is asked for, and a third encodes
+it piece by piece straight into the two token files, so memory stays flat however large
+the corpus is.
+
+The split rule: the first 90% of the *characters* are the train split and the last 10%
+the val split, each tokenized on its own. Cutting the text (not the tokens) gives every
+tokenizer the same val text, so bits per character compare across tokenizers; for the
+character tokenizer it is the lecture's rule (first 90% of the tokens).
 """
 
 from __future__ import annotations
@@ -10,22 +21,33 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
-from quillgpt.errors import DataError
+from quillgpt.errors import DataError, TokenizerError
 from quillgpt.fsutil import atomic_write, atomic_write_json, sha256_file
-from quillgpt.tokenizers import CharTokenizer, tokenizer_from_dict
+from quillgpt.sources import CHUNK_CHARS, TextSource, read_source_blocks, resolve_text_source, safe_chunks
+from quillgpt.tokenizers import (
+    KINDS,
+    BPETokenizer,
+    CharTokenizer,
+    Tokenizer,
+    check_bpe_vocab_size,
+    tokenizer_from_dict,
+)
 
 META_VERSION = 1
-TRAIN_FRACTION = 0.9  # first 90% of the tokens train, the last 10% validate (the lecture's rule)
-SPLIT_RULE = "first 90% of tokens -> train, last 10% -> val"
+TRAIN_FRACTION = 0.9  # first 90% of the characters train, the last 10% validate
+SPLIT_RULE = "first 90% of characters -> train, last 10% -> val, each tokenized on its own"
+ENCODE_BATCH = 8  # chunks encoded per call: the BPE library spreads them over the cores
 
 
 @dataclass(frozen=True)
@@ -35,8 +57,14 @@ class Corpus:
     name: str
     filename: str
     subdir: str  # folder name under a data directory (QUILL_DATA_DIR, cache, shared/data)
-    url: str
+    url: str  # empty: cannot be downloaded; ``origin`` says where it comes from
     sha256: str
+    text_sha256: str = ""  # a gzip corpus: the sha256 of its text (an uncompressed copy is accepted too)
+    origin: str = ""
+
+    @property
+    def accepted_sha256(self) -> set[str]:
+        return {self.sha256, self.text_sha256} - {""}
 
 
 CORPORA = {
@@ -46,6 +74,21 @@ CORPORA = {
         subdir="tinyshakespeare",
         url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
         sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    ),
+    # 95 public-domain novels (1839-1930), 74,919,742 bytes of UTF-8 text, gzip -9 -n.
+    # Built from the "100 English Novels" corpus (commit 143e601 of the repository below):
+    # 5 novels not public domain everywhere left out, BOMs and CRLFs removed, files joined.
+    # No URL serves this exact file, so it is not downloaded; SOURCE.md beside it has the
+    # recipe and MANIFEST.tsv the byte range and sha256 of each novel.
+    "english-novels": Corpus(
+        name="english-novels",
+        filename="novels95.txt.gz",
+        subdir="english_novels",
+        url="",
+        sha256="a7abe46a29cf13e716a52cd8e27a86c1f7bf828d7079be1c2b23dcd7bf59ec01",
+        text_sha256="b5d8c4d75761a922ae9f615eb55b279a88ba27943cc7466315e7b5bd5dac8f9f",
+        origin="95 novels of https://github.com/computationalstylistics/100_english_novels joined as its "
+               "SOURCE.md describes",
     ),
 }
 
@@ -91,13 +134,17 @@ def find_corpus(name: str, data_path: str | None = None, download: bool = True) 
     for place in corpus_candidates(corpus, data_path):
         if place.is_file():
             actual = sha256_file(place)
-            if actual != corpus.sha256:
+            if actual not in corpus.accepted_sha256:
                 raise DataError(
                     f"{place} has sha256 {actual[:12]}..., not the expected {corpus.sha256[:12]}... for "
                     f"'{name}': replace it with the original file, or use it as your own text with --text {place}"
                 )
             return place
     looked = ", ".join(str(p) for p in corpus_candidates(corpus, data_path))
+    if not corpus.url:
+        raise DataError(f"corpus '{name}' not found (looked in {looked}) and it cannot be downloaded: put "
+                        f"{corpus.filename} ({corpus.origin}) in $QUILL_DATA_DIR/{corpus.subdir}/ or "
+                        f"{user_cache_dir() / corpus.subdir}/, or pass --data PATH")
     if not download:
         raise DataError(f"corpus '{name}' not found (looked in {looked}): pass --data PATH")
     return _download(corpus, looked)
@@ -154,41 +201,218 @@ def read_text(path: str | Path) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def prepare_text(text: str, out_dir: str | Path, source: dict[str, Any]) -> Path:
-    """Tokenize ``text`` with a character vocabulary and write the dataset to ``out_dir``."""
+@dataclass(frozen=True)
+class TokenizerChoice:
+    """How to tokenize a corpus: a new char or BPE tokenizer, or an existing one reused."""
+
+    kind: str = "char"
+    vocab_size: int | None = None  # BPE only
+    existing: Tokenizer | None = None  # reuse this one (e.g. a pretrained run's)
+    existing_from: str = ""  # where it came from, for folder names and messages
+
+    def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise DataError(f"unknown tokenizer '{self.kind}': choose one of {', '.join(KINDS)}")
+        if self.kind == "bpe" and self.existing is None:
+            if self.vocab_size is None:
+                raise DataError("--tokenizer bpe needs --vocab-size N (e.g. 2048 or 8192)")
+            check_bpe_vocab_size(self.vocab_size)
+        elif self.vocab_size is not None:
+            raise DataError("--vocab-size applies only to a new BPE tokenizer: add --tokenizer bpe, "
+                            "or drop --vocab-size")
+
+    def folder_suffix(self) -> str:
+        if self.existing is not None:
+            return "-tok-" + (Path(self.existing_from).name or "reused")
+        return f"-bpe{self.vocab_size}" if self.kind == "bpe" else ""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 while every id fits (vocabularies up to 65,536 tokens), uint32 beyond."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+@dataclass
+class _Scan:
+    chars: int = 0
+    bytes: int = 0
+    blank: bool = True
+    charset: set[str] | None = None
+    text_sha256: str = ""
+
+
+def _scan(blocks: Iterable[str], want_charset: bool) -> _Scan:
+    """Pass 1: check every block (errors surface here, before anything is written) and count."""
+    scan, digest = _Scan(charset=set() if want_charset else None), hashlib.sha256()
+    for block in blocks:
+        raw = block.encode("utf-8")
+        digest.update(raw)
+        scan.chars += len(block)
+        scan.bytes += len(raw)
+        scan.blank = scan.blank and block.isspace()
+        if scan.charset is not None:
+            scan.charset.update(block)
+    scan.text_sha256 = digest.hexdigest()
+    return scan
+
+
+def _head(chunks: Iterable[str], n_chars: int) -> Iterator[str]:
+    """The first ``n_chars`` characters of a stream of chunks."""
+    left = n_chars
+    for chunk in chunks:
+        if left <= 0:
+            return
+        yield chunk[:left]
+        left -= len(chunk)
+
+
+def _split_at(chunks: Iterable[str], cut: int) -> Iterator[tuple[str, str]]:
+    """Label each piece train or val, splitting the chunk that holds character ``cut``."""
+    seen = 0
+    for chunk in chunks:
+        head = max(0, min(len(chunk), cut - seen))
+        if head:
+            yield "train", chunk[:head]
+        if head < len(chunk):
+            yield "val", chunk[head:]
+        seen += len(chunk)
+
+
+def _make_tokenizer(choice: TokenizerChoice, scan: _Scan, make_blocks: Callable[[], Iterable[str]],
+                    cut: int) -> Tokenizer:
+    if choice.existing is not None:
+        tokenizer = choice.existing
+        if isinstance(tokenizer, CharTokenizer):
+            unknown = sorted(scan.charset - set(tokenizer.chars)) if scan.charset is not None else []
+            if unknown:
+                shown = ", ".join(f"{c!r}" for c in unknown[:5])
+                raise TokenizerError(f"the text has {len(unknown)} character(s) outside the character vocabulary "
+                                     f"of {choice.existing_from} ({shown}): reuse a bpe tokenizer instead, or "
+                                     "remove them from the text")
+        return tokenizer
+    if choice.kind == "bpe":
+        # Trained on the train split only, so nothing of the val text leaks into the merges.
+        return BPETokenizer.train(_head(safe_chunks(make_blocks()), cut or scan.chars), choice.vocab_size or 0)
+    return CharTokenizer(sorted(scan.charset or ()))
+
+
+def prepare_blocks(make_blocks: Callable[[], Iterable[str]], out_dir: str | Path, source: dict[str, Any],
+                   tokenizer: TokenizerChoice | None = None, describe: str = "the text",
+                   chunk_chars: int = CHUNK_CHARS, progress: Callable[[str], None] | None = None) -> Path:
+    """Tokenize a text given as a re-readable stream of blocks and write the dataset to ``out_dir``.
+
+    ``make_blocks()`` must return the same text each time it is called: it is read up to three times.
+    """
+    choice = tokenizer or TokenizerChoice()
+    choice.validate()
+    say = progress or (lambda message: None)
+    want_charset = choice.kind == "char" if choice.existing is None else isinstance(choice.existing, CharTokenizer)
+    say(f"checking {describe} ...")
+    scan = _scan(make_blocks(), want_charset)
+    if scan.blank:
+        raise DataError(f"{describe} is empty: give a text file with some content")
+    cut = int(TRAIN_FRACTION * scan.chars)
+    if choice.existing is None and choice.kind == "bpe":
+        say(f"training a byte-level BPE tokenizer (vocab {choice.vocab_size}) on {cut:,} characters ...")
+    tok = _make_tokenizer(choice, scan, make_blocks, cut)
     out = Path(out_dir)
-    tokenizer = CharTokenizer.from_text(text)
-    ids = np.array(tokenizer.encode(text), dtype=np.uint16)
-    n_train = int(TRAIN_FRACTION * len(ids))
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # marks the folder unfinished until the end
-    atomic_write(out / "train.bin", lambda tmp: ids[:n_train].tofile(tmp))
-    atomic_write(out / "val.bin", lambda tmp: ids[n_train:].tofile(tmp))
-    meta = {
-        "version": META_VERSION,
-        "dtype": "uint16",
-        "tokenizer": tokenizer.to_dict(),
-        "source": source,
-        "split": {"rule": SPLIT_RULE, "train_tokens": int(n_train), "val_tokens": int(len(ids) - n_train)},
-    }
+    say(f"encoding {scan.chars:,} characters into {out} ...")
+    dtype = token_dtype(tok.vocab_size)
+    counts = {split: {"tokens": 0, "chars": 0, "bytes": 0} for split in ("train", "val")}
+
+    def encode_into(train_tmp: Path, val_tmp: Path) -> None:
+        with open(train_tmp, "wb") as train_file, open(val_tmp, "wb") as val_file:
+            files = {"train": train_file, "val": val_file}
+            pieces = _split_at(safe_chunks(make_blocks(), chunk_chars), cut)
+            _encode_pieces(tok, pieces, files, counts, dtype)
+
+    # Both files are written under temporary names and renamed only when all went well.
+    atomic_write(out / "train.bin", lambda train_tmp: atomic_write(
+        out / "val.bin", lambda val_tmp: encode_into(train_tmp, val_tmp)))
+    split = {"rule": SPLIT_RULE, **{f"{s}_{k}": v for s, c in counts.items() for k, v in c.items()}}
+    meta = {"version": META_VERSION, "dtype": dtype.name, "tokenizer": tok.to_dict(),
+            "source": {"chars": scan.chars, "bytes": scan.bytes, "text_sha256": scan.text_sha256, **source},
+            "split": split}
     atomic_write_json(out / "meta.json", meta)
     return out
 
 
-def prepare_file(path: str | Path, out_dir: str | Path, name: str | None = None) -> Path:
+def _encode_pieces(tok: Tokenizer, pieces: Iterable[tuple[str, str]], files: dict[str, BinaryIO],
+                   counts: dict[str, dict[str, int]], dtype: np.dtype) -> None:
+    batch: list[tuple[str, str]] = []
+
+    def flush() -> None:
+        for (split, text), ids in zip(batch, tok.encode_many([text for _, text in batch]), strict=True):
+            files[split].write(ids.astype(dtype).tobytes())
+            counts[split]["tokens"] += len(ids)
+            counts[split]["chars"] += len(text)
+            counts[split]["bytes"] += len(text.encode("utf-8"))
+        batch.clear()
+
+    for piece in pieces:
+        batch.append(piece)
+        if len(batch) >= ENCODE_BATCH:
+            flush()
+    flush()
+
+
+def prepare_text(text: str, out_dir: str | Path, source: dict[str, Any],
+                 tokenizer: TokenizerChoice | None = None, chunk_chars: int = CHUNK_CHARS) -> Path:
+    """Tokenize an in-memory ``text`` (a character vocabulary unless told otherwise)."""
+    return prepare_blocks(lambda: [text], out_dir, source, tokenizer, chunk_chars=chunk_chars)
+
+
+def prepare_source(source: TextSource, out_dir: str | Path, name: str | None = None,
+                   tokenizer: TokenizerChoice | None = None, chunk_chars: int = CHUNK_CHARS,
+                   progress: Callable[[str], None] | None = None) -> Path:
+    """Tokenize the files of ``source`` (see ``quillgpt.sources``) into a dataset folder."""
+    info: dict[str, Any] = {"name": name or source.name, "sha256": source.sha256(), "files": len(source.files)}
+    if len(source.files) == 1:
+        info["path"] = str(source.files[0].resolve())
+    else:
+        info["paths"] = [str(p.resolve()) for p in source.files[:100]]  # the first 100, to keep meta small
+    return prepare_blocks(lambda: read_source_blocks(source), out_dir, info, tokenizer, source.describe(),
+                          chunk_chars, progress)
+
+
+def prepare_file(path: str | Path, out_dir: str | Path, name: str | None = None,
+                 tokenizer: TokenizerChoice | None = None, progress: Callable[[str], None] | None = None) -> Path:
+    """Tokenize one text file (plain or gzip)."""
+    return prepare_source(resolve_text_source([str(path)]), out_dir, name, tokenizer, progress=progress)
+
+
+def prepare_corpus(name: str, out_dir: str | Path | None = None, data_path: str | None = None,
+                   tokenizer: TokenizerChoice | None = None, progress: Callable[[str], None] | None = None) -> Path:
+    folder = out_dir or default_dataset_dir(name, tokenizer)
+    return prepare_file(find_corpus(name, data_path), folder, name=name, tokenizer=tokenizer, progress=progress)
+
+
+def default_dataset_dir(name: str, tokenizer: TokenizerChoice | None = None) -> Path:
+    """data/NAME for the character tokenizer; data/NAME-bpeV or data/NAME-tok-SOURCE otherwise,
+    so a BPE dataset never replaces the character one a plain ``--dataset NAME`` finds."""
+    return Path("data") / (name + (tokenizer.folder_suffix() if tokenizer else ""))
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a run directory, a prepared dataset, or a tokenizer.json / meta.json file."""
     path = Path(path)
-    text = read_text(path)
-    source = {"name": name or path.stem, "path": str(path.resolve()), "sha256": sha256_file(path),
-              "bytes": path.stat().st_size, "chars": len(text)}
-    return prepare_text(text, out_dir, source)
-
-
-def prepare_corpus(name: str, out_dir: str | Path | None = None, data_path: str | None = None) -> Path:
-    return prepare_file(find_corpus(name, data_path), out_dir or default_dataset_dir(name), name=name)
-
-
-def default_dataset_dir(name: str) -> Path:
-    return Path("data") / name
+    candidates = [path] if path.is_file() else [path / "tokenizer.json", path / "meta.json"]
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise DataError(f"cannot read {candidate} ({exc}): give an intact run or dataset") from None
+            if isinstance(data, dict) and "kind" not in data and "tokenizer" in data:
+                data = data["tokenizer"]  # a dataset's meta.json
+            try:
+                return tokenizer_from_dict(data)
+            except TokenizerError as exc:
+                raise DataError(f"{candidate} holds no usable tokenizer ({exc})") from None
+    raise DataError(f"no tokenizer found in {path}: give a run directory, a prepared dataset folder, "
+                    "or a tokenizer.json file")
 
 
 def resolve_dataset(spec: str, data_path: str | None = None) -> Path:
@@ -241,15 +465,35 @@ class TokenDataset:
         self.folder = Path(folder)
         self.meta = _read_meta(self.folder)
         self.tokenizer = tokenizer_from_dict(self.meta.get("tokenizer"))
+        dtype = self.meta.get("dtype", "uint16")
+        if dtype not in ("uint16", "uint32"):
+            raise DataError(f"{self.folder / 'meta.json'} names token dtype {dtype!r} (uint16 or uint32 expected): "
+                            "prepare the dataset again")
+        self.dtype = np.dtype(dtype)
         self.splits = {split: self._open(split) for split in ("train", "val")}
 
     def _open(self, split: str) -> np.ndarray:
         path = self.folder / f"{split}.bin"
         expected = self.meta["split"][f"{split}_tokens"]
-        if not path.is_file() or path.stat().st_size != 2 * expected:
+        if not path.is_file() or path.stat().st_size != self.dtype.itemsize * expected:
             raise DataError(f"{path} is missing or has the wrong size (expected {expected} tokens): "
                             "prepare the dataset again")
-        return np.memmap(path, dtype=np.uint16, mode="r")
+        if expected == 0:  # numpy cannot map an empty file
+            return np.zeros(0, dtype=self.dtype)
+        return np.memmap(path, dtype=self.dtype, mode="r")
+
+    def bits_per_char(self, loss: float, split: str = "val") -> float | None:
+        """A mean loss (nats per token) on ``split`` as bits per character of its text.
+
+        Tokens per character of the whole split times the mean loss of sampled windows:
+        an estimate (``quill eval`` computes it exactly). None for datasets prepared before
+        character counts were recorded.
+        """
+        chars = self.meta["split"].get(f"{split}_chars")
+        tokens = self.meta["split"].get(f"{split}_tokens")
+        if not chars or not tokens:
+            return None
+        return loss * tokens / chars / math.log(2)
 
     @property
     def source_sha256(self) -> str:
