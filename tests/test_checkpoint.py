@@ -38,7 +38,8 @@ def test_run_dir_layout_has_no_pickles(trained_run: tuple[Trainer, Path]) -> Non
         assert (run_dir / name).is_file(), name
     ckpt = resolve_checkpoint(run_dir)
     assert sorted(p.name for p in ckpt.iterdir()) == ["manifest.json", "model.safetensors",
-                                                     "optimizer.safetensors", "trainer.json"]
+                                                     "optimizer.safetensors", "tokenizer.json", "trainer.json"]
+    assert (ckpt / "tokenizer.json").read_bytes() == (run_dir / "tokenizer.json").read_bytes()
     suffixes = {p.suffix for p in run_dir.rglob("*") if p.is_file()}
     assert suffixes <= {".json", ".jsonl", ".png", ".safetensors"}
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,8 +2,9 @@
 
     runs/NAME/
       config.json  tokenizer.json  data.json     written once when the run starts
+      init.json                                  only a run started with --init-from RUN
       checkpoints/step-00000500/                 one complete checkpoint per folder:
-          model.safetensors  optimizer.safetensors  trainer.json  manifest.json
+          model.safetensors  optimizer.safetensors  trainer.json  tokenizer.json  manifest.json
       latest.json  best.json                     pointers to checkpoint folders
       metrics.jsonl  loss.png
 
@@ -34,7 +35,7 @@ from quillgpt.config import RunConfig
 from quillgpt.errors import CheckpointError, QuillError
 from quillgpt.fsutil import atomic_write_json, fsync_dir, sha256_file
 from quillgpt.models import LanguageModel, build_model
-from quillgpt.tokenizers import CharTokenizer, tokenizer_from_dict
+from quillgpt.tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
@@ -48,7 +49,7 @@ SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.
 # ---------------------------------------------------------------------------------------
 
 
-def write_run_files(run_dir: Path, config: RunConfig, tokenizer: CharTokenizer, data_info: dict) -> None:
+def write_run_files(run_dir: Path, config: RunConfig, tokenizer: Tokenizer, data_info: dict) -> None:
     """Write the run's config, tokenizer and data description (atomically, each)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", {"format_version": FORMAT_VERSION,
@@ -110,6 +111,8 @@ def _write_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Ten
         (tmp / "trainer.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "step": step,
                                                        **(trainer_state or {})}))
         time.sleep(delay)
+        if (run_dir / "tokenizer.json").is_file():  # so a checkpoint folder can be used on its own
+            shutil.copyfile(run_dir / "tokenizer.json", tmp / "tokenizer.json")
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {"format_version": FORMAT_VERSION, "step": step,
                     "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in files}}
@@ -168,7 +171,7 @@ class LoadedRun:
 
     run_dir: Path
     config: RunConfig
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     model: LanguageModel
     step: int
     checkpoint: Path

@@ -85,6 +85,7 @@ class TrainConfig:
     keep_last: int = 2  # step checkpoints kept besides the best one
     sample_chars: int = 300  # sample printed at the end of training (0 = none)
     skip_nonfinite: bool = False  # skip updates whose loss is NaN/inf instead of stopping
+    max_minutes: float = 0.0  # also stop (eval, save) after this many wall-clock minutes; 0 = no limit
 
     def validate(self) -> None:
         _check_choice("device", self.device, DEVICES)
@@ -111,6 +112,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
             raise ConfigError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+        if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
+            raise ConfigError(f"max_minutes must be >= 0 (0 means no time limit), got {self.max_minutes}")
 
 
 @dataclass

@@ -44,6 +44,7 @@ from quillgpt.distributed import Distributed
 from quillgpt.errors import CheckpointError, ConfigError, QuillError
 from quillgpt.metrics import MetricsLog, plot_losses
 from quillgpt.models import LanguageModel, build_model
+from quillgpt.pretrained import reapply_init
 
 
 class TrainingError(QuillError):
@@ -205,6 +206,7 @@ class TrainResult:
     best_step: int | None
     interrupted: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
     skipped_steps: int = 0
+    val_bpc: float | None = None  # the final val loss as bits per character (an estimate)
 
 
 class Trainer:
@@ -365,7 +367,7 @@ class Trainer:
                     if self._stop_requested():
                         interrupted = self._save_on_stop()
                         break
-                    is_last = self.step >= t.max_iters
+                    is_last = self.step >= t.max_iters or self._out_of_time(started)
                     new_best = False
                     if (self.step % t.eval_interval == 0 or is_last) and self.last_eval_step != self.step:
                         try:
@@ -373,7 +375,8 @@ class Trainer:
                         except _EvalInterruptedError:
                             continue  # saved at the top of the loop; the eval reruns on resume
                         bar.set_postfix(train=f"{self.last_eval['train_loss']:.4f}",
-                                        val=f"{self.last_eval['val_loss']:.4f}")
+                                        val=f"{self.last_eval['val_loss']:.4f}",
+                                        val_bpc=f"{self.last_eval.get('val_bpc', math.nan):.3f}")
                     paused = stop_at is not None and self.step >= stop_at
                     save_due = self.step % save_every == 0 or is_last or paused
                     if self.step > 0 and (new_best or (save_due and self.last_save_step != self.step)):
@@ -390,7 +393,20 @@ class Trainer:
         last = self.last_eval or {}
         return TrainResult(self.run_dir, self.step - start_step, seconds, last.get("train_loss"),
                            last.get("val_loss"), self.eval_seconds, self.best_val, self.best_step,
-                           interrupted, self.skipped_steps)
+                           interrupted, self.skipped_steps, last.get("val_bpc"))
+
+    def _out_of_time(self, started: float) -> bool:
+        """The wall-clock budget of this process (``max_minutes``, 0 = none) is spent.
+
+        Under DDP the ranks agree at log points (like ``_stop_requested``), so all stop at one step.
+        """
+        limit = self.config.train.max_minutes
+        if limit <= 0:
+            return False
+        spent = time.perf_counter() - started >= 60 * limit
+        if not self.dist.enabled:
+            return spent
+        return self.step % self.config.train.log_interval == 0 and self.dist.any(spent, self.device)
 
     @contextlib.contextmanager
     def _catch_stop_signals(self) -> Iterator[None]:
@@ -461,6 +477,9 @@ class Trainer:
         record = {"kind": "eval", "step": self.step, "train_loss": losses["train"], "val_loss": losses["val"],
                   "lr": learning_rate(max(0, self.step - 1), self.config),
                   "elapsed_s": round(time.perf_counter() - started, 3)}
+        bpc = self.dataset.bits_per_char(losses["val"], "val")
+        if bpc is not None and math.isfinite(bpc):
+            record["val_bpc"] = bpc  # comparable across tokenizers, unlike the loss per token
         self._record(record)
         self.last_eval = record
         if self.dist.is_main:
@@ -568,6 +587,7 @@ class Trainer:
 SAFE_TO_CHANGE_ON_RESUME = frozenset({
     "max_iters", "eval_interval", "eval_iters", "log_interval", "lr", "min_lr", "warmup_iters", "lr_schedule",
     "save_every", "keep_last", "sample_chars", "device", "dtype", "compile", "grad_clip", "skip_nonfinite",
+    "max_minutes",
 })
 
 
@@ -625,7 +645,9 @@ def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress
         dataset = TokenDataset(resolve_dataset(_read_data_info(run_dir)["dataset"]))
         if dist is None or dist.is_main:
             remove_partial_checkpoints(run_dir)
-        return Trainer(config, dataset, run_dir, progress=progress, dist=dist)
+        trainer = Trainer(config, dataset, run_dir, progress=progress, dist=dist)
+        reapply_init(trainer)  # a finetune run starts from its pretrained weights again
+        return trainer
     checkpoint = resolve_checkpoint(run_dir, "latest")
     verify_manifest(checkpoint)
     try:
