@@ -1,17 +1,23 @@
 """quill bench: the measurements run and the tables hold what they claim (not the speeds)."""
 
+from pathlib import Path
+
 import pytest
 
 from quillgpt.bench import (
     TrainVariant,
+    bench_prepare,
     bench_sample,
     bench_train,
     flops_per_token,
+    format_prepare_table,
     format_sample_table,
     format_train_table,
 )
 from quillgpt.cli import main
 from quillgpt.config import preset
+from quillgpt.data import TokenizerChoice
+from quillgpt.errors import DataError
 
 
 def test_bench_sample_measures_both_paths() -> None:
@@ -49,3 +55,17 @@ def test_bench_bad_input(capsys: pytest.CaptureFixture, argv: list[str], fragmen
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err
+
+
+def test_bench_prepare_measures_a_child_process(tmp_path: Path, small_text: str) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text(small_text * 5)
+    result = bench_prepare(texts=[str(text)], tokenizer=TokenizerChoice("bpe", 300))
+    assert result["bytes"] == result["chars"] == len(small_text) * 5
+    assert 0 < result["tokens"] < result["chars"] and result["vocab"] <= 300
+    assert result["mb_per_s"] == pytest.approx(result["bytes"] / 1e6 / result["seconds"])
+    assert 50 < result["peak_rss_mb"] < 2000  # a whole python with torch, measured for the child alone
+    table = format_prepare_table(result)
+    assert "| MB/s | peak RSS |" in table and f"{result['tokens']:,}" in table
+    with pytest.raises(DataError, match="not found"):
+        bench_prepare(texts=[str(tmp_path / "missing.txt")])

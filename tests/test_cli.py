@@ -72,6 +72,7 @@ def test_prepare_shakespeare_by_name(tmp_path: Path, shakespeare_path: Path) -> 
 def files(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1") * 50)
+    (tmp_path / "images").mkdir()
     return {"empty": tmp_path / "empty.txt", "latin1": tmp_path / "latin1.txt"}
 
 
@@ -79,7 +80,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
     (["prepare", "--text", "missing.txt"], ["not found: missing.txt"]),
     (["prepare", "--text", "empty.txt"], ["empty.txt is empty"]),
     (["prepare", "--text", "latin1.txt"], ["not UTF-8", "iconv"]),
-    (["prepare", "--text", "."], ["is a directory"]),
+    (["prepare", "--text", "images"], ["images is a directory with no .txt"]),
+    (["prepare", "--text", "."], ["latin1.txt is not UTF-8"]),  # a folder is read file by file
     (["train", "--preset", "huge"], ["unknown preset 'huge'", "cpu-small"]),
     (["train", "--preset", "tiny", "--n-embd", "100", "--n-head", "6"],
      ["n_embd (100) must be divisible by n_head (6)"]),
@@ -101,3 +103,25 @@ def test_prompt_with_unknown_character_names_it(tmp_path: Path, text_file: Path)
     assert_one_line_error(result, "'Z'", "not in the vocabulary")
     assert result.stdout == ""  # nothing printed before the error
     assert_one_line_error(quill("sample", "r", "--temperature", "0", cwd=tmp_path), "temperature must be > 0")
+
+
+def test_bpe_prepare_train_sample_eval(tmp_path: Path, small_text: str) -> None:
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books/a.txt").write_text(small_text)
+    prep = quill("prepare", "--text", "books", "--tokenizer", "bpe", "--vocab-size", "300", cwd=tmp_path)
+    assert prep.returncode == 0, prep.stderr
+    assert "prepared data/books-bpe300: bpe vocab" in prep.stdout
+    train = quill("train", "--preset", "tiny", "--dataset", "data/books-bpe300", "--out-dir", "r", "--max-iters", "10",
+                  "--eval-interval", "5", "--sample-chars", "0", "--no-progress", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    assert "bits/char" in train.stdout
+    # A prompt in characters the corpus never had still encodes (as bytes).
+    prompt = "Zo\u00eb \u4e2d\u6587 \U0001f600"
+    sample = quill("sample", "r", "--prompt", prompt, "--max-new-tokens", "20", "--seed", "1", cwd=tmp_path)
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith(prompt)
+    evaluated = quill("eval", "r", "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["bits_per_char"] == pytest.approx(result["nats"] / result["chars"] / 0.6931471805599453)
+    assert result["chars"] > 1.5 * result["tokens"]  # BPE tokens span several characters

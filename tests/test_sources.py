@@ -24,7 +24,7 @@ def read_all(*specs: str) -> str:
 def test_a_folder_is_its_txt_files_sorted_recursively(tmp_path: Path) -> None:
     _write(tmp_path / "b.txt", "second\n")
     _write(tmp_path / "a.txt", "first")  # no final newline: one is added between files
-    _write(tmp_path / "sub/c.txt.gz", gzip.compress("third\n".encode()))
+    _write(tmp_path / "sub/c.txt.gz", gzip.compress(b"third\n"))
     _write(tmp_path / "notes.md", "not text by suffix\n")
     _write(tmp_path / ".hidden/d.txt", "hidden\n")
     source = resolve_text_source([str(tmp_path)])

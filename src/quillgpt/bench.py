@@ -2,6 +2,7 @@
 
     quill bench sample --preset seed-gpt --new-tokens 1000   KV cache vs no cache
     quill bench train --preset seed-gpt --steps 5            classic fp32, fused fp32, fused bf16, + compile
+    quill bench prepare --corpus english-novels --tokenizer bpe --vocab-size 8192   MB/s and peak RSS
 
 Models are randomly initialised (speed does not depend on the weights) and trained on
 random tokens, so no data set is needed. Timings on shared machines are noisy: compare
@@ -11,6 +12,10 @@ the ratios within one table, not numbers across runs.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,7 +25,8 @@ from pathlib import Path
 import torch
 
 from quillgpt.config import RunConfig, preset
-from quillgpt.data import TokenDataset, prepare_text
+from quillgpt.data import TokenDataset, TokenizerChoice, prepare_text
+from quillgpt.errors import DataError
 from quillgpt.models import build_model
 from quillgpt.sample import generate
 from quillgpt.train import Trainer, resolve_device
@@ -167,3 +173,59 @@ def format_sample_table(rows: list[dict], preset_name: str, device: str) -> str:
         lines.append(f"| {r['path']} | {r['tokens']} | {r['seconds']:.2f} | {r['tokens_per_s']:.1f} | "
                      f"{r['ratio']:.1f}x |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Preparing a corpus
+# ---------------------------------------------------------------------------------------
+
+
+def bench_prepare(corpus: str = "english-novels", texts: list[str] | None = None,
+                  tokenizer: TokenizerChoice | None = None, data_path: str | None = None) -> dict:
+    """Time ``quill prepare`` in a child process and read its peak resident memory.
+
+    A child process, so the peak RSS is that of the preparation alone (the whole CLI,
+    torch import included), not of whatever this process did before.
+    """
+    choice = tokenizer or TokenizerChoice()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "dataset"
+        argv = [sys.executable, "-m", "quillgpt", "prepare", *(["--text", *texts] if texts else [corpus]),
+                "--out", str(out), "--tokenizer", choice.kind]
+        argv += ["--vocab-size", str(choice.vocab_size)] if choice.vocab_size else []
+        argv += ["--data", data_path] if data_path else []
+        with open(Path(tmp) / "stderr", "w+") as errors:
+            start = time.perf_counter()
+            child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors)
+            _, status, usage = os.wait4(child.pid, 0)  # the child's own resource usage
+            seconds = time.perf_counter() - start
+            child.returncode = os.waitstatus_to_exitcode(status)
+            errors.seek(0)
+            message = errors.read().strip()
+        if child.returncode != 0:
+            raise DataError(message.removeprefix("quill: error: ") or f"quill prepare exited {child.returncode}")
+        meta = json.loads((out / "meta.json").read_text())
+    split, source = meta["split"], meta["source"]
+    return {"what": " ".join(texts) if texts else corpus, "tokenizer": f"{choice.kind}"
+            + (f" {choice.vocab_size}" if choice.vocab_size else ""), "vocab": _vocab_size(meta),
+            "bytes": source["bytes"], "chars": source["chars"], "tokens": split["train_tokens"] + split["val_tokens"],
+            "seconds": seconds, "mb_per_s": source["bytes"] / 1e6 / seconds,
+            "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_seconds": usage.ru_utime + usage.ru_stime}
+
+
+def _vocab_size(meta: dict) -> int:
+    from quillgpt.tokenizers import tokenizer_from_dict
+
+    return tokenizer_from_dict(meta["tokenizer"]).vocab_size
+
+
+def format_prepare_table(result: dict) -> str:
+    r = result
+    return "\n".join([
+        f"quill bench prepare: {r['what']}, tokenizer {r['tokenizer']}, {os.cpu_count()} CPU cores",
+        "",
+        "| text | tokens | vocab | wall s | CPU s | MB/s | peak RSS |",
+        "|---|---|---|---|---|---|---|",
+        f"| {r['bytes'] / 1e6:.1f} MB ({r['chars']:,} chars) | {r['tokens']:,} | {r['vocab']:,} | {r['seconds']:.1f} | "
+        f"{r['cpu_seconds']:.1f} | {r['mb_per_s']:.2f} | {r['peak_rss_mb']:.0f} MB |",
+    ])

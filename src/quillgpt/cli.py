@@ -1,9 +1,11 @@
 """The ``quill`` command line.
 
-    quill prepare shakespeare | --text FILE     tokenize a corpus into a dataset folder
+    quill prepare shakespeare | --text PATH...  tokenize a corpus into a dataset folder
     quill train --preset cpu-small [--n-embd 256 ...]   train (every config field is a flag)
     quill train --resume runs/cpu-small         continue a run where it stopped
+    quill train --init-from RUN_DIR --dataset D  finetune a trained model on other data
     quill sample RUN_DIR --prompt "ROMEO:"      stream a sample
+    quill eval RUN_DIR [--text FILE]            loss, bits per character and per byte
     quill info RUN_DIR                          parameters, config, last losses
 
 Problems with the user's input end in one line on stderr and exit code 2.
@@ -16,6 +18,7 @@ import dataclasses
 import json
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,11 +26,23 @@ from typing import Any, NoReturn
 import torch
 
 from quillgpt import distributed
-from quillgpt.checkpoint import load_run, read_config
+from quillgpt.checkpoint import LoadedRun, load_run, read_config
 from quillgpt.config import PRESETS, ModelConfig, RunConfig, TrainConfig, field_types, parse_value, preset
-from quillgpt.data import CORPORA, TokenDataset, prepare_corpus, prepare_file, resolve_dataset
+from quillgpt.data import (
+    CORPORA,
+    TokenDataset,
+    TokenizerChoice,
+    default_dataset_dir,
+    load_tokenizer,
+    prepare_corpus,
+    prepare_source,
+    resolve_dataset,
+)
 from quillgpt.errors import ConfigError, QuillError, SamplingError
+from quillgpt.pretrained import apply_init, check_same_tokenizer, init_model_config, load_init
 from quillgpt.sample import check_sampling, stream
+from quillgpt.sources import resolve_text_source
+from quillgpt.tokenizers import KINDS, StreamDecoder
 from quillgpt.train import Trainer, resolve_device, resume_trainer
 
 EXIT_USAGE = 2
@@ -81,20 +96,41 @@ def apply_overrides(config: RunConfig, overrides: dict[str, dict[str, Any]]) -> 
 # ---------------------------------------------------------------------------------------
 
 
+def tokenizer_choice(args: argparse.Namespace) -> TokenizerChoice:
+    if args.tokenizer_from:
+        if args.tokenizer or args.vocab_size is not None:
+            raise ConfigError("--tokenizer-from reuses a tokenizer as it is: drop --tokenizer and --vocab-size")
+        existing = load_tokenizer(args.tokenizer_from)
+        return TokenizerChoice(existing.kind, existing=existing, existing_from=args.tokenizer_from)
+    return TokenizerChoice(args.tokenizer or "char", args.vocab_size)
+
+
+def progress_line(message: str) -> None:
+    # Only on a terminal: a script or test sees exactly the result line (or one error line).
+    if sys.stderr.isatty():
+        print(message, file=sys.stderr)
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     if args.text and args.name:
         raise ConfigError("give either a corpus name or --text FILE, not both")
+    choice = tokenizer_choice(args)
+    tic = time.perf_counter()
     if args.text:
-        out = Path(args.out) if args.out else Path("data") / Path(args.text).stem
-        folder = prepare_file(args.text, out)
+        source = resolve_text_source(args.text)
+        out = Path(args.out) if args.out else default_dataset_dir(source.name, choice)
+        folder = prepare_source(source, out, tokenizer=choice, progress=progress_line)
     elif args.name:
-        folder = prepare_corpus(args.name, args.out, args.data)
+        folder = prepare_corpus(args.name, args.out, args.data, choice, progress=progress_line)
     else:
         raise ConfigError(f"nothing to prepare: name a corpus ({', '.join(CORPORA)}) or pass --text FILE")
     dataset = TokenDataset(folder)
     split = dataset.meta["split"]
-    print(f"prepared {folder}: vocab {dataset.tokenizer.vocab_size}, "
-          f"{split['train_tokens']:,} train / {split['val_tokens']:,} val tokens")
+    tokens = split["train_tokens"] + split["val_tokens"]
+    print(f"prepared {folder}: {dataset.tokenizer.kind} vocab {dataset.tokenizer.vocab_size}, "
+          f"{split['train_tokens']:,} train / {split['val_tokens']:,} val tokens "
+          f"({dataset.meta['source']['chars'] / max(1, tokens):.2f} characters per token, "
+          f"{time.perf_counter() - tic:.1f} s)")
     return 0
 
 
@@ -102,33 +138,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume); under torchrun every process runs this and rank 0 does the talking."""
     overrides = config_overrides(args)
     if args.resume:
-        if args.config or args.preset_given:
-            raise ConfigError("--resume continues a run with its own config: drop --preset/--config")
-        config = None
+        if args.config or args.preset_given or args.init_from:
+            raise ConfigError("--resume continues a run with its own config and weights: drop --preset/--config/"
+                              "--init-from")
+        config, init = None, None
         device = overrides["train"].get("device") or read_config(Path(args.resume)).train.device
     else:
         base = load_config_file(args.config) if args.config else preset(args.preset)
         config = apply_overrides(base, overrides)
+        init = load_init(args.init_from) if args.init_from else None
+        if init:  # the model (shape and weights) comes from the pretrained run
+            config.model = init_model_config(init, overrides["model"])
         config.validate()
         device = config.train.device
     dist = distributed.setup(device)
     try:
-        return _train(args, overrides, config, dist)
+        return _train(args, overrides, config, dist, init)
     finally:
         distributed.teardown()
 
 
 def _train(args: argparse.Namespace, overrides: dict[str, dict[str, Any]], config: RunConfig | None,
-           dist: distributed.Distributed) -> int:
+           dist: distributed.Distributed, init: LoadedRun | None = None) -> int:
     say = print if dist.is_main else _quiet
     if config is None:
         trainer = resume_trainer(Path(args.resume), overrides, progress=not args.no_progress, dist=dist)
         say(f"resuming {trainer.run_dir} from step {trainer.step}")
     else:
+        dataset = TokenDataset(resolve_dataset(config.train.dataset, args.data))
+        if init:  # before the run directory is chosen (and, with --overwrite, cleared)
+            check_same_tokenizer(dataset, init)
         # Rank 0 picks (and, with --overwrite, clears) the run directory; the others follow.
         run_dir = dist.broadcast(choose_run_dir(config, args) if dist.is_main else None)
-        dataset = TokenDataset(resolve_dataset(config.train.dataset, args.data))
         trainer = Trainer(config, dataset, run_dir, progress=not args.no_progress, dist=dist)
+        if init:
+            apply_init(trainer, init)
+            say(f"initialised from {init.run_dir} ({init.checkpoint.name}); fresh optimizer and schedule")
         processes = f" x {dist.world_size} processes" if dist.enabled else ""
         say(f"training {args.preset}: {trainer.model.num_parameters():,} parameters on "
             f"{trainer.device}{processes} ({str(trainer.dtype).removeprefix('torch.')}), run dir {run_dir}")
@@ -199,9 +244,10 @@ def summarize(result: Any) -> str:
     def fmt(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.4f}"
 
+    bpc = f" ({result.val_bpc:.4f} bits/char)" if getattr(result, "val_bpc", None) else ""
     return (f"\ndone: {result.steps:,} steps in {result.seconds:.1f} s ({result.eval_seconds:.1f} s of it in evals); "
             f"final train loss {fmt(result.train_loss)}, "
-            f"val loss {fmt(result.val_loss)}; best val {fmt(result.best_val_loss)} at step {result.best_step}\n"
+            f"val loss {fmt(result.val_loss)}{bpc}; best val {fmt(result.best_val_loss)} at step {result.best_step}\n"
             f"run dir: {result.run_dir} (loss curve: {result.run_dir / 'loss.png'})\n"
             f"sample:  quill sample {result.run_dir} --prompt \"ROMEO:\" --max-new-tokens 500")
 
@@ -211,7 +257,7 @@ def print_sample(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_to
                  device: torch.device) -> None:
     """Stream a sample to stdout, one token as soon as it is drawn."""
     check_sampling(max_new_tokens, temperature, top_k, top_p)
-    ids = tokenizer.encode(prompt) if prompt else [tokenizer.stoi.get("\n", 0)]
+    ids = tokenizer.encode(prompt) if prompt else tokenizer.start_ids()
     generator = torch.Generator(device=device)
     if seed is not None:
         generator.manual_seed(seed)
@@ -219,10 +265,11 @@ def print_sample(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_to
         generator.seed()
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     sys.stdout.write(prompt)
+    decoder = StreamDecoder(tokenizer)  # a BPE token may end inside a character
     for token in stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator):
-        sys.stdout.write(tokenizer.decode(token[0].tolist()))
+        sys.stdout.write(decoder.feed(token[0].tolist()))
         sys.stdout.flush()
-    sys.stdout.write("\n")
+    sys.stdout.write(decoder.flush() + "\n")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -239,9 +286,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from quillgpt.evaluate import eval_run, format_result
+
+    device = resolve_device(args.device)
+    result, run, what = eval_run(args.run_dir, args.text, args.dataset, args.checkpoint, device, args.batch_size,
+                                 args.max_tokens)
+    if args.json:
+        print(json.dumps({"run": str(run.run_dir), "checkpoint": run.checkpoint.name, "step": run.step,
+                          "on": what, **result.to_dict()}))
+    else:
+        print(format_result(result, run, what))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from quillgpt import bench
 
+    if args.what == "prepare":
+        choice = TokenizerChoice(args.tokenizer or "char", args.vocab_size)
+        choice.validate()
+        result = bench.bench_prepare(args.corpus, args.text, choice, args.data)
+        print(bench.format_prepare_table(result))
+        return 0
     preset(args.preset)  # unknown preset: one clear line
     if args.what == "sample":
         if args.new_tokens < 1:
@@ -265,11 +332,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"parameters: {run.model.num_parameters():,}")
     print(f"checkpoint: {run.checkpoint.name} (step {run.step})")
     print(f"tokenizer:  {run.tokenizer.kind}, vocab {run.tokenizer.vocab_size}")
+    if (run.run_dir / "init.json").is_file():
+        init = json.loads((run.run_dir / "init.json").read_text())
+        print(f"init from:  {init.get('run')} ({init.get('checkpoint')})")
     source_sha = str(run.data_info.get("source", {}).get("sha256"))
     print(f"data:       {run.data_info.get('dataset')} (sha256 {source_sha[:12]}...)")
     last = MetricsLog(run.run_dir / "metrics.jsonl").last_eval()
     if last:
-        print(f"last eval:  step {last['step']}: train {last['train_loss']:.4f}, val {last['val_loss']:.4f}")
+        bpc = f" ({last['val_bpc']:.4f} bits/char)" if last.get("val_bpc") else ""
+        print(f"last eval:  step {last['step']}: train {last['train_loss']:.4f}, val {last['val_loss']:.4f}{bpc}")
     best = run.trainer_state.get("best_val")
     if best is not None:
         print(f"best val:   {best:.4f} at step {run.trainer_state.get('best_step')}")
@@ -291,6 +362,12 @@ def optional_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", choices=KINDS, help="char (default) or bpe (byte-level, any text)")
+    parser.add_argument("--vocab-size", type=optional_int, metavar="N",
+                        help="bpe: tokens in the vocabulary, with 256 bytes and 6 special tokens (e.g. 2048)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="quill", description="Build, train and sample small GPT language models.")
     from quillgpt import __version__
@@ -300,15 +377,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = commands.add_parser("prepare", help="tokenize a corpus into train.bin/val.bin/meta.json")
     prep.add_argument("name", nargs="?", help=f"a registered corpus: {', '.join(CORPORA)}")
-    prep.add_argument("--text", help="a UTF-8 text file of your own")
-    prep.add_argument("--out", help="output folder (default: data/NAME)")
+    prep.add_argument("--text", nargs="+", metavar="PATH",
+                      help="your own UTF-8 text: files, folders of .txt files, or globs; gzip is read directly")
+    prep.add_argument("--out", help="output folder (default: data/NAME, data/NAME-bpeV for bpe)")
     prep.add_argument("--data", help="where the named corpus file is, if not in the usual places")
+    add_tokenizer_flags(prep)
+    prep.add_argument("--tokenizer-from", metavar="PATH",
+                      help="reuse the tokenizer of a run directory, a prepared dataset or a tokenizer.json "
+                           "(needed to finetune a model on this data with --init-from)")
     prep.set_defaults(func=cmd_prepare)
 
     train = commands.add_parser("train", help="train a model (every config field is a flag)")
     train.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default cpu-small)")
     train.add_argument("--config", metavar="FILE", help="a JSON config (like a run's config.json) instead of a preset")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
+    train.add_argument("--init-from", metavar="RUN_DIR",
+                       help="start from this run's trained weights (best checkpoint) and model shape, with a "
+                            "fresh optimizer and schedule; the dataset must use the same tokenizer")
     train.add_argument("--overwrite", action="store_true", help="start over in an --out-dir that holds a run")
     train.add_argument("--data", help="where the named corpus file is, if not in the usual places")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -331,14 +416,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow a prompt longer than the context (the model sees its last block_size tokens)")
     sample.set_defaults(func=cmd_sample)
 
+    evaluate = commands.add_parser("eval", help="loss, bits per character and per byte of a run on some text")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--text", nargs="+", metavar="PATH", help="evaluate on these files (default: a val split)")
+    evaluate.add_argument("--dataset", help="the val split of this prepared dataset (default: the run's own)")
+    evaluate.add_argument("--checkpoint", default="latest", help="latest or best")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    evaluate.add_argument("--batch-size", type=optional_int, default=32, help="windows per forward pass")
+    evaluate.add_argument("--max-tokens", type=optional_int, default=None, help="only the first N tokens")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(func=cmd_eval)
+
     bench = commands.add_parser("bench", help="measure speed side by side (prints ratios)")
-    bench.add_argument("what", choices=["train", "sample"])
+    bench.add_argument("what", choices=["train", "sample", "prepare"])
     bench.add_argument("--preset", default="seed-gpt", help="model/batch shape to measure (default seed-gpt)")
     bench.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     bench.add_argument("--steps", type=optional_int, default=5, help="timed training steps per variant")
     bench.add_argument("--warmup", type=optional_int, default=2, help="untimed steps first (compile happens here)")
     bench.add_argument("--batch-size", type=optional_int, default=None, help="override the preset's batch size")
     bench.add_argument("--new-tokens", type=optional_int, default=1000, help="tokens to sample")
+    bench.add_argument("--corpus", default="english-novels", help="prepare: a registered corpus to prepare")
+    bench.add_argument("--text", nargs="+", metavar="PATH", help="prepare: your own text instead of --corpus")
+    bench.add_argument("--data", help="prepare: where the corpus file is, if not in the usual places")
+    add_tokenizer_flags(bench)
     bench.set_defaults(func=cmd_bench)
 
     info = commands.add_parser("info", help="show a run's size, config and losses")

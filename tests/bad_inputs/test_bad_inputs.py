@@ -21,14 +21,16 @@ import torch
 from quillgpt.checkpoint import load_run
 from quillgpt.cli import main
 from quillgpt.config import ModelConfig, RunConfig, TrainConfig
-from quillgpt.data import Batches, prepare_text, read_text
+from quillgpt.data import Batches, TokenDataset, prepare_text, read_text
 from quillgpt.errors import CheckpointError, ConfigError, DataError, SamplingError, TokenizerError
+from quillgpt.evaluate import evaluate_ids
 from quillgpt.models import build_model
 from quillgpt.sample import generate
-from quillgpt.tokenizers import CharTokenizer
+from quillgpt.tokenizers import BPETokenizer, CharTokenizer
 
 TEXT = "\n".join(f"the king and the queen walk to the sea, line {i}." for i in range(300)) + "\n"
 CKPT = "runs/ok/checkpoints/step-00000010"
+OTHER = "ZEBRA QUIZ, JUMPING FOX!\n" * 30  # letters the run's character vocabulary lacks
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,11 @@ def base_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "cfg_unknown.json").write_text(json.dumps({"model": {"n_layers": 2}}))
     (root / "cfg_type.json").write_text(json.dumps({"train": {"batch_size": "64"}}))
     (root / "cfg_bad.json").write_text("{model: 1")
+    (root / "ok.txt").write_text(TEXT)
+    (root / "other.txt").write_text(OTHER)
+    prepare_text(OTHER, root / "data/other", {"name": "other", "sha256": "0" * 64})
+    (root / "empty_dir").mkdir()
+    (root / "bad.txt.gz").write_bytes(b"\x1f\x8b" + b"not really gzip" * 4)
     return root
 
 
@@ -211,6 +218,42 @@ CLI_CASES = [
      "trainer.json is malformed: 'optimizer' must be"),
     ("resume changed data", edit_json("data/ok/meta.json", lambda d: d["source"].update(sha256="f" * 64)),
      ["train", "--resume", "runs/ok"], "not the one this run trained on"),
+    # any text: folders, globs, gzip, tokenizers
+    ("folder without text files", None, ["prepare", "--text", "empty_dir"], "empty_dir is a directory with no .txt"),
+    ("glob matching nothing", None, ["prepare", "--text", "nope/*.txt"], "no files match 'nope/*.txt'"),
+    ("corrupt gzip", None, ["prepare", "--text", "bad.txt.gz"], "bad.txt.gz is not a valid gzip file"),
+    ("vocab size too small", None, ["prepare", "--text", "ok.txt", "--tokenizer", "bpe", "--vocab-size", "100"],
+     "--vocab-size 100 is out of range for a byte-level BPE: it needs at least 262"),
+    ("vocab size too large", None, ["prepare", "--text", "ok.txt", "--tokenizer", "bpe", "--vocab-size", "9999999"],
+     "at most 1,000,000"),
+    ("bpe without vocab size", None, ["prepare", "--text", "ok.txt", "--tokenizer", "bpe"], "needs --vocab-size N"),
+    ("vocab size for char", None, ["prepare", "--text", "ok.txt", "--vocab-size", "512"], "add --tokenizer bpe"),
+    ("unknown tokenizer", None, ["prepare", "--text", "ok.txt", "--tokenizer", "wordpiece"],
+     "invalid choice: 'wordpiece'"),
+    ("tokenizer-from nowhere", None, ["prepare", "--text", "ok.txt", "--tokenizer-from", "nowhere"],
+     "no tokenizer found in nowhere"),
+    ("tokenizer-from a non-run", None, ["prepare", "--text", "ok.txt", "--tokenizer-from", "cfg_bad.json"],
+     "cannot read cfg_bad.json"),
+    ("tokenizer-from and --tokenizer", None,
+     ["prepare", "--text", "ok.txt", "--tokenizer-from", "runs/ok", "--tokenizer", "bpe"], "drop --tokenizer"),
+    ("reused char vocabulary lacks characters", None, ["prepare", "--text", "other.txt", "--tokenizer-from", "runs/ok"],
+     "outside the character vocabulary of runs/ok ('!', 'A', 'B'"),
+    ("time budget negative", None, [*TRAIN, "--max-minutes", "-1"], "max_minutes must be >= 0"),
+    # pretrain -> finetune
+    ("init from a missing run", None, [*TRAIN, "--init-from", "runs/nope"], "--init-from runs/nope: run directory"),
+    ("init from another tokenizer", None, [*TRAIN, "--dataset", "data/other", "--init-from", "runs/ok"],
+     "data/other (char, vocab 20) is not tokenized with the tokenizer of runs/ok"),
+    ("init from with another shape", None, [*TRAIN, "--init-from", "runs/ok", "--n-layer", "3"],
+     "n_layer is 2 there, not 3"),
+    ("init from and resume", None, ["train", "--resume", "runs/ok", "--init-from", "runs/ok"], "--init-from"),
+    # eval
+    ("eval a missing run", None, ["eval", "runs/nope"], "run directory not found: runs/nope"),
+    ("eval another tokenizer", None, ["eval", "runs/ok", "--dataset", "data/other"], "tokenized differently"),
+    ("eval a missing text", None, ["eval", "runs/ok", "--text", "nope.txt"], "text file not found: nope.txt"),
+    ("eval text and dataset", None, ["eval", "runs/ok", "--text", "ok.txt", "--dataset", "data/ok"], "not both"),
+    ("eval max tokens 0", None, ["eval", "runs/ok", "--max-tokens", "0"], "--max-tokens must be >= 1"),
+    ("eval unknown characters", None, ["eval", "runs/ok", "--text", "other.txt"], "not in the vocabulary"),
+    ("bench prepare bad vocab", None, ["bench", "prepare", "--tokenizer", "bpe", "--vocab-size", "5"], "out of range"),
 ]
 
 
@@ -249,6 +292,22 @@ def tiny_model() -> torch.nn.Module:
     return build_model(ModelConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
 
 
+def novels_nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import quillgpt.data as data
+
+    monkeypatch.setenv("QUILL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(data, "_shared_data_dirs", lambda: [])
+    data.find_corpus("english-novels")
+
+
+def unknown_token_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = prepare_text(TEXT, tmp_path / "ds", {})
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "dtype": "int8"}))
+    TokenDataset(folder)
+
+
 API_CASES = [
     ("unreadable file", unreadable, DataError, "permission denied"),
     ("unknown character", lambda *_: CharTokenizer.from_text("abc").encode("abd"), TokenizerError, "'d'"),
@@ -261,6 +320,11 @@ API_CASES = [
     ("load missing run", lambda tmp, _: load_run(tmp / "nope"), CheckpointError, "not found"),
     ("batches bigger than data", lambda *_: Batches(np.zeros(5, dtype=np.uint16), 2, 8, 0), DataError, "too few"),
     ("empty text to tokenizer", lambda *_: CharTokenizer.from_text(""), TokenizerError, "empty"),
+    ("corpus nowhere, no download", novels_nowhere, DataError, "cannot be downloaded: put novels95.txt.gz"),
+    ("BPE vocabulary too small", lambda *_: BPETokenizer.train(["text"], 10), TokenizerError, "at least 262"),
+    ("unknown token dtype", unknown_token_dtype, DataError, "token dtype 'int8'"),
+    ("evaluate one token", lambda *_: evaluate_ids(tiny_model(), np.zeros(1, dtype=np.int64),
+                                                   CharTokenizer.from_text("abcde"), 4), DataError, "too few"),
 ]
 
 
