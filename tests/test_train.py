@@ -100,3 +100,15 @@ def test_invalid_config_is_refused_before_anything_is_written(tmp_path: Path, da
     with pytest.raises(ConfigError, match="lr must be a positive number"):
         Trainer(config, TokenDataset(dataset_dir), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_max_minutes_ends_the_run_with_an_eval_and_a_checkpoint(tmp_path: Path, dataset_dir: Path) -> None:
+    config = tiny(max_iters=1_000_000, eval_interval=1_000_000, max_minutes=0.005)  # 0.3 s
+    trainer = Trainer(config, TokenDataset(dataset_dir), tmp_path / "run", progress=False)
+    result = trainer.train()
+    assert 0 < result.steps < 1_000_000 and result.seconds < 30
+    evals = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+             if '"eval"' in line]
+    assert [e["step"] for e in evals] == [0, result.steps]  # the final eval happens at the time limit
+    assert json.loads((tmp_path / "run/latest.json").read_text())["step"] == result.steps
+    assert result.val_bpc == pytest.approx(evals[-1]["val_bpc"])
