@@ -429,7 +429,7 @@ def resolve_dataset(spec: str, data_path: str | None = None) -> Path:
             return folder
         return prepare_corpus(spec, folder, data_path)
     if path.is_file():
-        folder = default_dataset_dir(path.stem)
+        folder = default_dataset_dir(path.stem.removesuffix(".txt") if path.suffix == ".gz" else path.stem)
         if (folder / "meta.json").is_file():
             meta = _read_meta(folder)
             if meta.get("source", {}).get("sha256") == sha256_file(path):
