@@ -118,8 +118,9 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--finetune-lr", type=float, default=1e-3, help="peak learning rate of (c)'s finetuning")
     parser.add_argument("--pretrain-corpus", default="english-novels", help="a registered corpus name")
     parser.add_argument("--sample-tokens", type=int, default=150)
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "pretrain_finetune")
-    parser.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "out" / "pretrain_finetune.md")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "pretrain_finetune",
+                        help="datasets and runs (large; runs/ is git-ignored)")
+    parser.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "results" / "pretrain_finetune.md")
     args, extra = parser.parse_known_args()
     return args, [a for a in extra if a != "--"]
 
