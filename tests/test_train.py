@@ -112,3 +112,11 @@ def test_max_minutes_ends_the_run_with_an_eval_and_a_checkpoint(tmp_path: Path, 
     assert [e["step"] for e in evals] == [0, result.steps]  # the final eval happens at the time limit
     assert json.loads((tmp_path / "run/latest.json").read_text())["step"] == result.steps
     assert result.val_bpc == pytest.approx(evals[-1]["val_bpc"])
+
+
+def test_eval_first_off_skips_only_the_step_zero_eval(tmp_path: Path, dataset_dir: Path) -> None:
+    trainer = Trainer(tiny(max_iters=40, eval_interval=20, eval_first=False), TokenDataset(dataset_dir),
+                      tmp_path / "run", progress=False)
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [20, 40]

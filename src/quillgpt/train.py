@@ -44,6 +44,7 @@ from quillgpt.distributed import Distributed
 from quillgpt.errors import CheckpointError, ConfigError, QuillError
 from quillgpt.metrics import MetricsLog, plot_losses
 from quillgpt.models import LanguageModel, build_model
+from quillgpt.optim import MuonAdamW, hidden_matrices
 from quillgpt.pretrained import reapply_init
 
 
@@ -116,10 +117,18 @@ def learning_rate(step: int, config: RunConfig) -> float:
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)
 
 
-def make_optimizer(model: torch.nn.Module, config: RunConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only; biases and LayerNorm gains are not decayed."""
+def make_optimizer(model: torch.nn.Module, config: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (biases and LayerNorm gains are not decayed);
+    with ``optimizer = "muon"`` the matrices inside the blocks go to Muon instead (optim.py)."""
     t = config.train
     params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "muon":
+        hidden = hidden_matrices(model)
+        groups = [{"params": [p for p in params if id(p) in hidden], "muon": True, "lr_scale": t.muon_lr / t.lr},
+                  {"params": [p for p in params if id(p) not in hidden and p.dim() >= 2],
+                   "weight_decay": t.weight_decay},
+                  {"params": [p for p in params if id(p) not in hidden and p.dim() < 2]}]
+        return MuonAdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -302,7 +311,7 @@ class Trainer:
         t = self.config.train
         lr = learning_rate(self.step, self.config)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         total = self.accumulate_gradients()
         if t.skip_nonfinite and not torch.isfinite(self.dist.mean(total)).item():  # every rank skips, or none
             self.optimizer.zero_grad(set_to_none=True)
@@ -369,7 +378,8 @@ class Trainer:
                         break
                     is_last = self.step >= t.max_iters or self._out_of_time(started)
                     new_best = False
-                    if (self.step % t.eval_interval == 0 or is_last) and self.last_eval_step != self.step:
+                    eval_due = self.step % t.eval_interval == 0 and (self.step > 0 or t.eval_first)
+                    if (eval_due or is_last) and self.last_eval_step != self.step:
                         try:
                             new_best = self._evaluate(started)
                         except _EvalInterruptedError:
@@ -587,7 +597,7 @@ class Trainer:
 SAFE_TO_CHANGE_ON_RESUME = frozenset({
     "max_iters", "eval_interval", "eval_iters", "log_interval", "lr", "min_lr", "warmup_iters", "lr_schedule",
     "save_every", "keep_last", "sample_chars", "device", "dtype", "compile", "grad_clip", "skip_nonfinite",
-    "max_minutes",
+    "max_minutes", "eval_first",
 })
 
 
