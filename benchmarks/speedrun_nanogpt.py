@@ -77,7 +77,7 @@ def run_quill(preset: str, work: Path, extra: list[str]) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     m, t = config["model"], config["train"]
     shape = (f"{m['n_layer']}x{m['n_embd']}, block {m['block_size']}, batch {t['batch_size']}, "
-             f"{t['max_iters']} iters, {t['dtype']}")
+             f"{t['max_iters']} iters, {t['optimizer']}, {t['dtype']}")
     return {"name": f"quill {preset} ({shape})", "seconds": seconds, "steps": last["step"],
             "train": last["train_loss"], "val": last["val_loss"]}
 

@@ -22,10 +22,13 @@ from torch import nn
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Approximately U V^T for g = U S V^T, for a (rows, cols) or batched (n, rows, cols) g."""
+def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Approximately U V^T for g = U S V^T, for a (rows, cols) or batched (n, rows, cols) g.
+
+    The iteration is robust to rounding, so Muon runs it in bf16 where that is fast.
+    """
     a, b, c = NS_COEFFICIENTS
-    x = g.float()
+    x = g.to(dtype)
     tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the wide orientation: X X^T is then the smaller Gram matrix
         x = x.mT
@@ -40,7 +43,8 @@ class MuonAdamW(torch.optim.Optimizer):
     """Muon for groups with ``muon=True``, AdamW for the rest; lr of a group = lr * lr_scale."""
 
     def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.99),
-                 momentum: float = 0.95, ns_steps: int = 5) -> None:
+                 momentum: float = 0.95, ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32) -> None:
+        self.ns_dtype = ns_dtype  # bf16 halves the Newton-Schulz time where matmuls are fast in bf16
         defaults = {"lr": lr, "betas": betas, "eps": 1e-8, "weight_decay": 0.0, "momentum": momentum,
                     "ns_steps": ns_steps, "muon": False, "lr_scale": 1.0}
         super().__init__(groups, defaults)
@@ -64,7 +68,7 @@ class MuonAdamW(torch.optim.Optimizer):
             by_shape.setdefault(tuple(p.shape), []).append((p, nesterov))
         for shape, pairs in by_shape.items():
             # Same-shaped matrices (e.g. every head's key projection) orthogonalize as one batch.
-            updates = orthogonalize(torch.stack([u for _, u in pairs]), group["ns_steps"])
+            updates = orthogonalize(torch.stack([u for _, u in pairs]), group["ns_steps"], self.ns_dtype)
             scale = max(1.0, shape[0] / shape[1]) ** 0.5  # keeps the update RMS alike for tall matrices
             for (p, _), update in zip(pairs, updates, strict=True):
                 if decay:

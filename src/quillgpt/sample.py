@@ -44,7 +44,8 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         # Nucleus sampling (Holtzman et al., 2019): keep the smallest set of most likely
         # tokens whose probabilities add up to at least top_p. A token is dropped when the
         # mass *before* it already reaches top_p, so the most likely token always stays.
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        # Stable: among tied tokens the lower id comes first, so the kept set agrees with argmax.
+        sorted_logits, order = torch.sort(logits, descending=True, stable=True, dim=-1)
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)

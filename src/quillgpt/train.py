@@ -128,7 +128,7 @@ def make_optimizer(model: torch.nn.Module, config: RunConfig, device: torch.devi
                   {"params": [p for p in params if id(p) not in hidden and p.dim() >= 2],
                    "weight_decay": t.weight_decay},
                   {"params": [p for p in params if id(p) not in hidden and p.dim() < 2]}]
-        return MuonAdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+        return MuonAdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), ns_dtype=resolve_dtype("auto", device))
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
