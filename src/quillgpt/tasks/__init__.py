@@ -1,0 +1,1 @@
+"""Tasks: problem generators that produce masked training batches and exact-match checks."""

@@ -1,0 +1,96 @@
+"""Arithmetic tasks: generators, formats, the step checker, the parser, disjoint splits, masking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quillgpt.config import ModelConfig
+from quillgpt.models import build_model
+from quillgpt.tasks.arithmetic import (
+    ALPHABET,
+    FORMATS,
+    IGNORE,
+    OPS,
+    Problem,
+    answer_text,
+    batch,
+    batches,
+    check_steps,
+    parse_answer,
+    problems,
+    sample_text,
+)
+
+
+@pytest.mark.parametrize(("problem", "fmt", "text"), [
+    (Problem(123, "+", 456), "plain", "123+456=579\n"),
+    (Problem(123, "+", 456), "reversed", "123+456=975\n"),
+    (Problem(85, "-", 123), "reversed", "85-123=-83\n"),
+    (Problem(17, "/", 5), "plain", "17/5=3r2\n"),
+    (Problem(19, "+", 29), "scratchpad", "19+29=9+9+0=18;1+2+1=4|48\n"),
+    (Problem(12, "*", 34), "scratchpad", "12*34=12*4=48;0+48=48;12*30=360;48+360=408|408\n"),
+    (Problem(30, "-", 8), "scratchpad", "30-8=0-8-0=-8;3-0-1=2|22\n"),
+    (Problem(157, "/", 4), "scratchpad", "157/4=1/4=0r1;15/4=3r3;37/4=9r1|39r1\n"),
+])
+def test_formats(problem: Problem, fmt: str, text: str) -> None:
+    assert sample_text(problem, fmt) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 99_999), st.sampled_from(OPS), st.integers(0, 99_999), st.sampled_from(FORMATS))
+def test_every_answer_parses_back_and_every_step_checks(a: int, op: str, b: int, fmt: str) -> None:
+    problem = Problem(a, op, max(b, 1) if op == "/" else b)
+    answer = answer_text(problem, fmt)
+    assert set(answer) <= set(ALPHABET)
+    assert parse_answer(answer + "\n999+1=", op, fmt) == problem.result  # stops at the delimiter
+    if fmt == "scratchpad":
+        assert check_steps(answer)
+
+
+def test_checker_catches_a_wrong_step_and_parser_rejects_junk() -> None:
+    assert check_steps("9+9+0=18;1+2+1=4|48")
+    assert not check_steps("9+9+0=17;1+2+1=4|48")
+    assert not check_steps("15/4=3r2|3r2")
+    assert parse_answer("4x8\n", "+", "plain") is None
+    assert parse_answer("12\n", "/", "plain") is None  # division needs a remainder
+    assert parse_answer("9+9+0=18", "+", "scratchpad") is None  # never reached the answer
+
+
+def test_generators_are_deterministic_and_splits_disjoint() -> None:
+    assert problems("+", 3, 300, seed=1) == problems("+", 3, 300, seed=1)
+    assert problems("+", 3, 300, seed=1) != problems("+", 3, 300, seed=2)
+    train = set(problems("+", 2, 3000, seed=1, split="train"))
+    test = set(problems("+", 2, 500, seed=7, split="test"))
+    assert len(train) == 3000 and len(test) == 500 and not train & test
+    assert all(p.b >= 1 for p in problems("/", 2, 200, seed=3))
+
+
+def test_masked_positions_contribute_zero_gradient() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=len(ALPHABET), block_size=32, n_layer=1, n_head=2, n_embd=16,
+                                    dropout=0.0))
+    x, y = batch(problems("+", 3, 8, seed=0), "reversed", block_size=32)
+    assert (y[:, :6] == IGNORE).any() and (y != IGNORE).any()
+    logits, _ = model(x)
+    logits.retain_grad()
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
+                                             ignore_index=IGNORE)
+    loss.backward()
+    masked = (y == IGNORE)
+    assert logits.grad[masked].abs().max() == 0
+    assert logits.grad[~masked].abs().max() > 0
+    _, model_loss = model(x, y)  # the model's own loss ignores the same positions
+    assert torch.allclose(model_loss, loss)
+
+
+def test_batches_serve_on_the_fly_or_from_a_pool() -> None:
+    pool = problems("*", 2, 50, seed=0)
+    x, y = next(batches("*", 2, "plain", 4, 16, seed=0, pool=pool))
+    assert x.shape == y.shape and x.size(0) == 4
+    x2, _ = next(batches("-", 3, "scratchpad", 4, 64, seed=0))
+    assert x2.size(0) == 4
+    with pytest.raises(ValueError, match="raise block_size"):
+        batch(pool, "scratchpad", block_size=8)
