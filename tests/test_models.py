@@ -93,3 +93,21 @@ def test_context_longer_than_block_size_is_a_clear_error() -> None:
 def test_n_embd_not_divisible_by_n_head() -> None:
     with pytest.raises(ConfigError, match=r"n_embd \(100\) must be divisible by n_head \(6\)"):
         build_model(tiny_config(n_embd=100, n_head=6))
+
+
+def test_fast_feed_forward_matches_the_lecture_one_and_drops_at_rate_p() -> None:
+    from quillgpt.models.gpt import FastFeedForward, FeedForward
+
+    torch.manual_seed(0)
+    fast, plain = FastFeedForward(16, dropout=0.25), FeedForward(16, dropout=0.25)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(64, 32, 16)
+    fast.eval(), plain.eval()
+    assert torch.allclose(fast(x), plain(x), atol=1e-6)
+    fast.train()
+    dense = fast.net[2](fast.net[1](fast.net[0](x)))
+    out = fast(x)
+    dropped = (out == 0) & (dense != 0)
+    assert abs(dropped.float().mean().item() - 0.25) < 0.02  # byte masks: p rounded to 1/256
+    kept = ~dropped
+    assert torch.allclose(out[kept], dense[kept] * 256 / 192, atol=1e-5)
