@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
+from quillgpt.checkpoint import optimizer_from_checkpoint, optimizer_to_checkpoint
 from quillgpt.config import preset
 from quillgpt.data import TokenDataset
 from quillgpt.optim import MuonAdamW, orthogonalize
-from quillgpt.train import Trainer, optimizer_from_checkpoint, optimizer_to_checkpoint
+from quillgpt.train import Trainer
 
 
 def test_orthogonalize_pushes_singular_values_towards_one() -> None:

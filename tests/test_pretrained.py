@@ -11,7 +11,8 @@ from quillgpt.config import preset
 from quillgpt.data import TokenDataset, TokenizerChoice, prepare_text
 from quillgpt.errors import ConfigError
 from quillgpt.pretrained import apply_init, check_same_tokenizer, init_model_config, load_init
-from quillgpt.train import Trainer, learning_rate, resume_trainer
+from quillgpt.resume import resume_trainer
+from quillgpt.train import Trainer, learning_rate
 
 PRETRAIN = "It was the best of times, it was the worst of times; the age of wisdom and of foolishness.\n" * 60
 FINETUNE = "ROMEO:\nIt was the worst of times, it was the age of foolishness; the best of times.\n" * 40

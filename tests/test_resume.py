@@ -22,7 +22,8 @@ from quillgpt.cli import main
 from quillgpt.config import preset
 from quillgpt.data import TokenDataset
 from quillgpt.errors import CheckpointError, ConfigError
-from quillgpt.train import Trainer, TrainingError, resume_trainer
+from quillgpt.resume import resume_trainer
+from quillgpt.train import Trainer, TrainingError
 
 # A small config whose steps take a few ms, with a checkpoint every 5 steps.
 TRAIN_FLAGS = ["--preset", "tiny", "--eval-interval", "20", "--eval-iters", "2", "--save-every", "5",

@@ -40,10 +40,11 @@ from quillgpt.data import (
 )
 from quillgpt.errors import ConfigError, QuillError, SamplingError
 from quillgpt.pretrained import apply_init, check_same_tokenizer, init_model_config, load_init
+from quillgpt.resume import resume_trainer
 from quillgpt.sample import check_sampling, stream
 from quillgpt.sources import resolve_text_source
 from quillgpt.tokenizers import KINDS, StreamDecoder
-from quillgpt.train import Trainer, resolve_device, resume_trainer
+from quillgpt.train import Trainer, resolve_device
 
 EXIT_USAGE = 2
 NOT_FLAGS = {"vocab_size"}  # set from the tokenizer, never by hand

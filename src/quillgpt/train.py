@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
-import json
 import math
 import random
 import signal
@@ -29,23 +27,22 @@ from tqdm.auto import tqdm
 
 from quillgpt.checkpoint import (
     mark_best,
+    optimizer_from_checkpoint,
+    optimizer_to_checkpoint,
     prune_checkpoints,
-    read_config,
     read_tensors,
-    remove_partial_checkpoints,
-    resolve_checkpoint,
-    verify_manifest,
+    rng_from_checkpoint,
+    rng_to_checkpoint,
     write_checkpoint,
     write_run_files,
 )
 from quillgpt.config import RunConfig
-from quillgpt.data import Batches, TokenDataset, resolve_dataset
+from quillgpt.data import Batches, TokenDataset
 from quillgpt.distributed import Distributed
-from quillgpt.errors import CheckpointError, ConfigError, QuillError
+from quillgpt.errors import ConfigError, QuillError
 from quillgpt.metrics import MetricsLog, plot_losses
 from quillgpt.models import LanguageModel, build_model
 from quillgpt.optim import MuonAdamW, hidden_matrices
-from quillgpt.pretrained import reapply_init
 
 
 class TrainingError(QuillError):
@@ -134,62 +131,6 @@ def make_optimizer(model: torch.nn.Module, config: RunConfig, device: torch.devi
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), **extra)
-
-
-# ---------------------------------------------------------------------------------------
-# Optimizer and RNG state <-> (tensors, JSON) for checkpoints
-# ---------------------------------------------------------------------------------------
-
-
-def optimizer_to_checkpoint(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for index, values in state["state"].items():
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value
-            else:
-                scalars[f"{index}.{key}"] = value
-    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
-
-
-def optimizer_from_checkpoint(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                              meta: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    for name, value in meta.get("scalars", {}).items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def rng_to_checkpoint() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = cuda_state
-    np_state = np.random.get_state()
-    version, py_state, gauss = random.getstate()
-    meta = {"python": [version, list(py_state), gauss],
-            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
-    return tensors, meta
-
-
-def rng_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["rng.torch"].to("cpu", torch.uint8))
-    cuda_states = [tensors[k].to("cpu", torch.uint8) for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
-    version, py_state, gauss = meta["python"]
-    random.setstate((version, tuple(py_state), gauss))
-    name, keys, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def seed_everything(seed: int) -> None:
@@ -586,101 +527,3 @@ class Trainer:
         torch.set_rng_state(raw(state["torch_rng"]))
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(raw(state["cuda_rng"]), self.device)
-
-
-# ---------------------------------------------------------------------------------------
-# Resuming a run
-# ---------------------------------------------------------------------------------------
-
-# Fields that may differ when a run continues: they change how long or how it trains
-# from here on, not what the model, data or batches are.
-SAFE_TO_CHANGE_ON_RESUME = frozenset({
-    "max_iters", "eval_interval", "eval_iters", "log_interval", "lr", "min_lr", "warmup_iters", "lr_schedule",
-    "save_every", "keep_last", "sample_chars", "device", "dtype", "compile", "grad_clip", "skip_nonfinite",
-    "max_minutes", "eval_first",
-})
-
-
-def _read_data_info(run_dir: Path) -> dict[str, Any]:
-    try:
-        info = json.loads((run_dir / "data.json").read_text())
-        if not isinstance(info.get("dataset"), str):
-            raise ValueError("no 'dataset' string")
-        return info
-    except (OSError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"cannot read {run_dir / 'data.json'} ({exc}): the run directory is corrupt") from None
-
-
-TRAINER_STATE_TYPES = {"step": int, "optimizer": dict, "rng": dict, "batches": dict, "pending_losses": list}
-
-
-def _check_trainer_state(path: Path, state: Any) -> None:
-    """Check the shape of trainer.json before any of it is used."""
-    problem = None
-    if not isinstance(state, dict):
-        problem = "it must be a JSON object"
-    else:
-        for key, kind in TRAINER_STATE_TYPES.items():
-            if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
-                problem = f"'{key}' must be a {kind.__name__}, got {type(state.get(key)).__name__}"
-                break
-        else:
-            if not isinstance(state["optimizer"].get("param_groups"), list):
-                problem = "'optimizer.param_groups' must be a list"
-            elif set(state["batches"]) != {"train", "eval_train", "eval_val"}:
-                problem = "'batches' must hold train, eval_train and eval_val"
-    if problem:
-        raise CheckpointError(f"{path} is malformed: {problem}; resume from an intact copy of the run")
-
-
-def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress: bool = True,
-                   dist: Distributed | None = None) -> Trainer:
-    """A Trainer that continues ``run_dir`` from its latest checkpoint.
-
-    Refuses (ConfigError) when the model shape, the batch/seed settings, the tokenizer or
-    the dataset differ from the run's, naming what differs.
-    """
-    config = read_config(run_dir)
-    changes = [f"{name} {getattr(config.model, name)!r} -> {value!r}" for name, value in overrides["model"].items()
-               if getattr(config.model, name) != value]
-    changes += [f"{name} {getattr(config.train, name)!r} -> {value!r}" for name, value in overrides["train"].items()
-                if getattr(config.train, name) != value and name not in SAFE_TO_CHANGE_ON_RESUME]
-    if changes:
-        raise ConfigError(f"cannot resume {run_dir} with a different {'; '.join(changes)}: start a new run, or "
-                          f"change only {', '.join(sorted(SAFE_TO_CHANGE_ON_RESUME))}")
-    config = RunConfig(model=config.model, train=dataclasses.replace(config.train, **overrides["train"]))
-    config.validate()
-    if not (run_dir / "latest.json").exists() and not any((run_dir / "checkpoints").glob("step-*")):
-        # Stopped before its first checkpoint: nothing to lose, so start it again from step 0.
-        dataset = TokenDataset(resolve_dataset(_read_data_info(run_dir)["dataset"]))
-        if dist is None or dist.is_main:
-            remove_partial_checkpoints(run_dir)
-        trainer = Trainer(config, dataset, run_dir, progress=progress, dist=dist)
-        reapply_init(trainer)  # a finetune run starts from its pretrained weights again
-        return trainer
-    checkpoint = resolve_checkpoint(run_dir, "latest")
-    verify_manifest(checkpoint)
-    try:
-        trainer_state = json.loads((checkpoint / "trainer.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {checkpoint / 'trainer.json'} ({exc}): the checkpoint is corrupt") from None
-    _check_trainer_state(checkpoint / "trainer.json", trainer_state)
-    dataset = TokenDataset(resolve_dataset(_read_data_info(run_dir)["dataset"]))
-    if dataset.source_sha256 != trainer_state.get("data_sha256"):
-        raise ConfigError(f"the dataset in {dataset.folder} is not the one this run trained on (source sha256 "
-                          f"{dataset.source_sha256[:12]}... vs {str(trainer_state.get('data_sha256'))[:12]}...): "
-                          "restore the original data, or start a new run")
-    run_tokenizer = json.loads((run_dir / "tokenizer.json").read_text())
-    if dataset.tokenizer.to_dict() != run_tokenizer:
-        raise ConfigError(f"the tokenizer of {dataset.folder} differs from the run's tokenizer.json: "
-                          "restore the original data, or start a new run")
-    if dist is None or dist.is_main:
-        remove_partial_checkpoints(run_dir)
-    try:
-        return Trainer(config, dataset, run_dir, resume_state={"checkpoint": checkpoint, "trainer": trainer_state},
-                       progress=progress, dist=dist)
-    except QuillError:
-        raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-        raise CheckpointError(f"{checkpoint} cannot be restored ({type(exc).__name__}: {exc}): "
-                              "was trainer.json edited? resume from a copy of an intact run") from None
