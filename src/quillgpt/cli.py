@@ -154,7 +154,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         device = config.train.device
     dist = distributed.setup(device)
     try:
-        return _train(args, overrides, config, dist, init)
+        code = _train(args, overrides, config, dist, init)
+        # All ranks finish before the group closes: gloo aborts a rank whose peer has already left.
+        dist.barrier()
+        return code
     finally:
         distributed.teardown()
 
