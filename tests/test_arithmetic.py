@@ -15,12 +15,13 @@ from quillgpt.tasks.arithmetic import (
     IGNORE,
     OPS,
     Problem,
+    ProblemBatches,
     answer_text,
     batch,
-    batches,
     check_steps,
     parse_answer,
     problems,
+    readable_step,
     sample_text,
 )
 
@@ -30,10 +31,12 @@ from quillgpt.tasks.arithmetic import (
     (Problem(123, "+", 456), "reversed", "123+456=975\n"),
     (Problem(85, "-", 123), "reversed", "85-123=-83\n"),
     (Problem(17, "/", 5), "plain", "17/5=3r2\n"),
-    (Problem(19, "+", 29), "scratchpad", "19+29=9+9+0=18;1+2+1=4|48\n"),
-    (Problem(12, "*", 34), "scratchpad", "12*34=12*4=48;0+48=48;12*30=360;48+360=408|408\n"),
-    (Problem(30, "-", 8), "scratchpad", "30-8=0-8-0=-8;3-0-1=2|22\n"),
-    (Problem(157, "/", 4), "scratchpad", "157/4=1/4=0r1;15/4=3r3;37/4=9r1|39r1\n"),
+    # scratchpad steps write numbers least significant digit first
+    (Problem(19, "+", 29), "scratchpad", "19+29=91+92=84|48\n"),
+    (Problem(12, "*", 34), "scratchpad", "12*34=21*4=84;21*3=63;84+063=804|408\n"),
+    (Problem(30, "-", 8), "scratchpad", "30-8=03-8=22|22\n"),
+    (Problem(85, "-", 123), "scratchpad", "85-123=321-58=830|-38\n"),  # 123-85=038, zero-padded
+    (Problem(157, "/", 4), "scratchpad", "157/4=1/4=0r1;51/4=3r3;73/4=9r1|39r1\n"),
 ])
 def test_formats(problem: Problem, fmt: str, text: str) -> None:
     assert sample_text(problem, fmt) == text
@@ -51,9 +54,11 @@ def test_every_answer_parses_back_and_every_step_checks(a: int, op: str, b: int,
 
 
 def test_checker_catches_a_wrong_step_and_parser_rejects_junk() -> None:
-    assert check_steps("9+9+0=18;1+2+1=4|48")
-    assert not check_steps("9+9+0=17;1+2+1=4|48")
-    assert not check_steps("15/4=3r2|3r2")
+    assert check_steps("21*4=84;21*3=63;84+063=804|408")
+    assert not check_steps("21*4=84;21*3=63;84+063=805|408")  # 48+360 is not 508
+    assert not check_steps("51/4=3r2|3r2")  # 15/4 leaves 3
+    assert not check_steps("12+x=3|3")
+    assert readable_step("84+063=804") == "48+360=408" and readable_step("51/4=3r3") == "15/4=3r3"
     assert parse_answer("4x8\n", "+", "plain") is None
     assert parse_answer("12\n", "/", "plain") is None  # division needs a remainder
     assert parse_answer("9+9+0=18", "+", "scratchpad") is None  # never reached the answer
@@ -86,11 +91,37 @@ def test_masked_positions_contribute_zero_gradient() -> None:
     assert torch.allclose(model_loss, loss)
 
 
-def test_batches_serve_on_the_fly_or_from_a_pool() -> None:
+def test_batches_serve_on_the_fly_or_from_a_pool_and_resume_exactly() -> None:
     pool = problems("*", 2, 50, seed=0)
-    x, y = next(batches("*", 2, "plain", 4, 16, seed=0, pool=pool))
+    x, y = ProblemBatches("plain", 4, 16, seed=0, pool=pool).next()
     assert x.shape == y.shape and x.size(0) == 4
-    x2, _ = next(batches("-", 3, "scratchpad", 4, 64, seed=0))
-    assert x2.size(0) == 4
+    fly = ProblemBatches("scratchpad", 4, 64, seed=0, ops="+-*/", digits=3)
+    fly.next()
+    state = fly.state_dict()
+    x2, y2 = fly.next()
+    again = ProblemBatches("scratchpad", 4, 64, seed=99, ops="+-*/", digits=3)
+    again.load_state_dict(state)
+    x3, y3 = again.next()
+    assert torch.equal(x2, x3) and torch.equal(y2, y3)
     with pytest.raises(ValueError, match="raise block_size"):
         batch(pool, "scratchpad", block_size=8)
+
+
+def test_on_the_fly_problems_never_come_from_the_test_split() -> None:
+    fly = ProblemBatches("plain", 64, 16, seed=3, ops="+", digits=2)
+    held_out = set(problems("+", 2, 300, seed=0, split="test"))
+    seen = set()
+    for _ in range(30):
+        x, _ = fly.next()
+        for row in x.tolist():
+            a, b = "".join(ALPHABET[i] for i in row).split("=")[0].split("+")
+            seen.add(Problem(int(a), "+", int(b)))
+    assert all(p.split == "train" for p in seen) and not seen & held_out
+    assert len(seen) > 500  # and they are many different problems
+
+
+def test_mixed_operators_and_bad_operators() -> None:
+    drawn = problems("+-*/", 3, 400, seed=0)
+    assert {p.op for p in drawn} == set("+-*/")
+    with pytest.raises(ValueError, match="unknown operators"):
+        problems("^", 3, 10, seed=0)

@@ -7,6 +7,9 @@
     quill sample RUN_DIR --prompt "ROMEO:"      stream a sample
     quill eval RUN_DIR [--text FILE]            loss, bits per character and per byte
     quill info RUN_DIR                          parameters, config, last losses
+    quill train --preset add3-reversed          teach a GPT 3-digit addition (also mul2-scratchpad, calc3)
+    quill task eval RUN_DIR --n 2000            greedy exact-match accuracy on held-out problems
+    quill calc RUN_DIR "123*45" --show-work     ask it one problem
 
 Problems with the user's input end in one line on stderr and exit code 2.
 """
@@ -14,7 +17,6 @@ Problems with the user's input end in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -27,7 +29,7 @@ import torch
 
 from quillgpt import distributed
 from quillgpt.checkpoint import LoadedRun, load_run, read_config
-from quillgpt.config import PRESETS, ModelConfig, RunConfig, TrainConfig, field_types, parse_value, preset
+from quillgpt.config import PRESETS, SECTIONS, RunConfig, field_types, parse_value, preset
 from quillgpt.data import (
     CORPORA,
     TokenDataset,
@@ -36,13 +38,14 @@ from quillgpt.data import (
     load_tokenizer,
     prepare_corpus,
     prepare_source,
-    resolve_dataset,
 )
 from quillgpt.errors import ConfigError, QuillError, SamplingError
 from quillgpt.pretrained import apply_init, check_same_tokenizer, init_model_config, load_init
 from quillgpt.resume import resume_trainer
 from quillgpt.sample import check_sampling, stream
 from quillgpt.sources import resolve_text_source
+from quillgpt.tasks.cli import add_task_commands
+from quillgpt.tasks.dataset import open_dataset
 from quillgpt.tokenizers import KINDS, StreamDecoder
 from quillgpt.train import Trainer, resolve_device
 
@@ -63,7 +66,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+    for section, cls in SECTIONS.items():
         group = parser.add_argument_group(f"{section} config (default: the preset's value)")
         for name, kind in field_types(cls).items():
             if name in NOT_FLAGS:
@@ -78,18 +81,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def config_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The config fields given on the command line, parsed into their types."""
-    overrides: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
-    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+    overrides: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for section, cls in SECTIONS.items():
         for name, kind in field_types(cls).items():
             value = getattr(args, f"{section}.{name}", None)
             if value is not None:
                 overrides[section][name] = value if kind is bool else parse_value(name, value, kind)
     return overrides
-
-
-def apply_overrides(config: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
-    return RunConfig(model=dataclasses.replace(config.model, **overrides["model"]),
-                     train=dataclasses.replace(config.train, **overrides["train"]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device = overrides["train"].get("device") or read_config(Path(args.resume)).train.device
     else:
         base = load_config_file(args.config) if args.config else preset(args.preset)
-        config = apply_overrides(base, overrides)
+        config = base.replace(overrides)
         init = load_init(args.init_from) if args.init_from else None
         if init:  # the model (shape and weights) comes from the pretrained run
             config.model = init_model_config(init, overrides["model"])
@@ -169,7 +167,7 @@ def _train(args: argparse.Namespace, overrides: dict[str, dict[str, Any]], confi
         trainer = resume_trainer(Path(args.resume), overrides, progress=not args.no_progress, dist=dist)
         say(f"resuming {trainer.run_dir} from step {trainer.step}")
     else:
-        dataset = TokenDataset(resolve_dataset(config.train.dataset, args.data))
+        dataset = open_dataset(config, args.data)
         if init:  # before the run directory is chosen (and, with --overwrite, cleared)
             check_same_tokenizer(dataset, init)
         # Rank 0 picks (and, with --overwrite, clears) the run directory; the others follow.
@@ -184,12 +182,16 @@ def _train(args: argparse.Namespace, overrides: dict[str, dict[str, Any]], confi
     result = trainer.train(stop_at=args.stop_at)
     if not dist.is_main:
         return 130 if result.interrupted == "SIGINT" else 143 if result.interrupted else 0
-    print(summarize(result))
+    arithmetic = trainer.config.arithmetic.enabled
+    print(summarize(result, next_step=f"quill task eval {result.run_dir} --n 2000" if arithmetic else
+                    f"quill sample {result.run_dir} --prompt \"ROMEO:\" --max-new-tokens 500"))
     if result.interrupted:
         print(f"\ninterrupted by {result.interrupted} at step {trainer.step}: checkpoint saved in "
               f"{trainer.run_dir}; continue with: quill train --resume {trainer.run_dir}", file=sys.stderr)
         return 130 if result.interrupted == "SIGINT" else 143
-    if trainer.config.train.sample_chars:
+    if arithmetic:
+        print_task_accuracy(trainer)
+    elif trainer.config.train.sample_chars:
         print(f"\n--- sample ({trainer.config.train.sample_chars} tokens) ---")
         print_sample(trainer.model, trainer.dataset.tokenizer, "", trainer.config.train.sample_chars,
                      temperature=1.0, top_k=None, top_p=None, seed=trainer.config.train.seed, device=trainer.device)
@@ -244,7 +246,16 @@ def _clear_run_dir(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def summarize(result: Any) -> str:
+def print_task_accuracy(trainer: Trainer, n: int = 500) -> None:
+    """Exact match on (up to) ``n`` problems of the held-out val set, after training."""
+    from quillgpt.tasks.evaluate import Report, attempt_all
+
+    held_out = trainer.dataset.val_pool[:n]
+    report = Report(attempt_all(trainer.model, held_out, trainer.config.arithmetic.format, trainer.device))
+    print("\n" + report.format(f"held-out accuracy ({len(held_out)} problems of the val set)"))
+
+
+def summarize(result: Any, next_step: str = "") -> str:
     def fmt(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.4f}"
 
@@ -252,8 +263,8 @@ def summarize(result: Any) -> str:
     return (f"\ndone: {result.steps:,} steps in {result.seconds:.1f} s ({result.eval_seconds:.1f} s of it in evals); "
             f"final train loss {fmt(result.train_loss)}, "
             f"val loss {fmt(result.val_loss)}{bpc}; best val {fmt(result.best_val_loss)} at step {result.best_step}\n"
-            f"run dir: {result.run_dir} (loss curve: {result.run_dir / 'loss.png'})\n"
-            f"sample:  quill sample {result.run_dir} --prompt \"ROMEO:\" --max-new-tokens 500")
+            f"run dir: {result.run_dir} (loss curve: {result.run_dir / 'loss.png'})"
+            + (f"\nnext:    {next_step}" if next_step else ""))
 
 
 def print_sample(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int,
@@ -372,6 +383,12 @@ def add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
                         help="bpe: tokens in the vocabulary, with 256 bytes and 6 special tokens (e.g. 2048)")
 
 
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint and --device, for commands that load a trained run."""
+    parser.add_argument("--checkpoint", default="latest", help="latest or best")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="quill", description="Build, train and sample small GPT language models.")
     from quillgpt import __version__
@@ -414,8 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--top-k", type=optional_int, default=None)
     sample.add_argument("--top-p", type=float, default=None)
     sample.add_argument("--seed", type=optional_int, default=None)
-    sample.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
-    sample.add_argument("--checkpoint", default="latest", help="latest or best")
+    add_run_flags(sample)
     sample.add_argument("--crop-prompt", action="store_true",
                         help="allow a prompt longer than the context (the model sees its last block_size tokens)")
     sample.set_defaults(func=cmd_sample)
@@ -424,8 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--text", nargs="+", metavar="PATH", help="evaluate on these files (default: a val split)")
     evaluate.add_argument("--dataset", help="the val split of this prepared dataset (default: the run's own)")
-    evaluate.add_argument("--checkpoint", default="latest", help="latest or best")
-    evaluate.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    add_run_flags(evaluate)
     evaluate.add_argument("--batch-size", type=optional_int, default=32, help="windows per forward pass")
     evaluate.add_argument("--max-tokens", type=optional_int, default=None, help="only the first N tokens")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -444,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", help="prepare: where the corpus file is, if not in the usual places")
     add_tokenizer_flags(bench)
     bench.set_defaults(func=cmd_bench)
+
+    add_task_commands(commands)
 
     info = commands.add_parser("info", help="show a run's size, config and losses")
     info.add_argument("run_dir")

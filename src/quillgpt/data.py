@@ -27,7 +27,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
@@ -499,11 +499,44 @@ class TokenDataset:
     def source_sha256(self) -> str:
         return str(self.meta.get("source", {}).get("sha256", ""))
 
+    def batches(self, split: str, batch_size: int, block_size: int, seed: int,
+                device: str | torch.device = "cpu") -> Batches:
+        """The trainer's sampler of random windows of ``split`` (train or val)."""
+        return Batches(self.splits[split], batch_size, block_size, seed, device)
+
+    def info(self) -> dict[str, Any]:
+        """What a run records about its data (data.json)."""
+        return {"dataset": str(self.folder), "source": self.meta.get("source", {}),
+                "split": self.meta.get("split", {})}
+
     def check_block_size(self, block_size: int) -> None:
         for split, data in self.splits.items():
             if len(data) < block_size + 1:
                 raise DataError(f"the {split} split has {len(data)} tokens, too few for block_size "
                                 f"{block_size}: use --block-size {max(1, len(data) - 1)} or less, or more text")
+
+
+class BatchSampler(Protocol):
+    """What the trainer draws batches from; ``state_dict`` makes a resumed run exact."""
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def state_dict(self) -> dict[str, str]: ...
+    def load_state_dict(self, state: dict[str, str]) -> None: ...
+
+
+class TrainingData(Protocol):
+    """What the trainer needs of its data: a prepared corpus (``TokenDataset``) or a task's
+    problems (``quillgpt.tasks.dataset.ArithmeticDataset``)."""
+
+    tokenizer: Tokenizer
+
+    @property
+    def source_sha256(self) -> str: ...
+    def check_block_size(self, block_size: int) -> None: ...
+    def batches(self, split: str, batch_size: int, block_size: int, seed: int,
+                device: str | torch.device = "cpu") -> BatchSampler: ...
+    def info(self) -> dict[str, Any]: ...
+    def bits_per_char(self, loss: float, split: str = "val") -> float | None: ...
 
 
 class Batches:
@@ -528,16 +561,27 @@ class Batches:
         starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
         windows = self.data[starts.numpy()[:, None] + self._window]  # (B, T+1) copy out of the memmap
         tokens = torch.from_numpy(windows.astype(np.int64))
-        x, y = tokens[:, :-1], tokens[:, 1:]
-        if self.device.type == "cuda":
-            # Pinned memory lets the copy overlap with compute.
-            return (x.pin_memory().to(self.device, non_blocking=True),
-                    y.pin_memory().to(self.device, non_blocking=True))
-        return x.contiguous().to(self.device), y.contiguous().to(self.device)
+        return to_device(tokens[:, :-1], tokens[:, 1:], self.device)
 
     def state_dict(self) -> dict[str, str]:
-        return {"generator": base64.b64encode(self.generator.get_state().numpy().tobytes()).decode()}
+        return generator_state(self.generator)
 
     def load_state_dict(self, state: dict[str, str]) -> None:
-        raw = np.frombuffer(base64.b64decode(state["generator"]), dtype=np.uint8).copy()
-        self.generator.set_state(torch.from_numpy(raw))
+        load_generator_state(self.generator, state)
+
+
+def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on ``device``; on CUDA through pinned memory, so the copy overlaps with compute."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.contiguous().to(device), y.contiguous().to(device)
+
+
+def generator_state(generator: torch.Generator) -> dict[str, str]:
+    """A torch.Generator's state as JSON (for a sampler's ``state_dict``)."""
+    return {"generator": base64.b64encode(generator.get_state().numpy().tobytes()).decode()}
+
+
+def load_generator_state(generator: torch.Generator, state: dict[str, str]) -> None:
+    raw = np.frombuffer(base64.b64decode(state["generator"]), dtype=np.uint8).copy()
+    generator.set_state(torch.from_numpy(raw))

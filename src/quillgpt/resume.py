@@ -8,17 +8,15 @@ RNGs and batch samplers.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from quillgpt.checkpoint import read_config, remove_partial_checkpoints, resolve_checkpoint, verify_manifest
-from quillgpt.config import RunConfig
-from quillgpt.data import TokenDataset, resolve_dataset
 from quillgpt.distributed import Distributed
 from quillgpt.errors import CheckpointError, ConfigError, QuillError
 from quillgpt.pretrained import reapply_init
+from quillgpt.tasks.dataset import open_dataset
 from quillgpt.train import Trainer
 
 # Fields that may differ when a run continues: they change how long or how it trains
@@ -70,18 +68,17 @@ def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress
     the dataset differ from the run's, naming what differs.
     """
     config = read_config(run_dir)
-    changes = [f"{name} {getattr(config.model, name)!r} -> {value!r}" for name, value in overrides["model"].items()
-               if getattr(config.model, name) != value]
-    changes += [f"{name} {getattr(config.train, name)!r} -> {value!r}" for name, value in overrides["train"].items()
-                if getattr(config.train, name) != value and name not in SAFE_TO_CHANGE_ON_RESUME]
+    changes = [f"{name} {getattr(getattr(config, section), name)!r} -> {value!r}"
+               for section, values in overrides.items() for name, value in values.items()
+               if getattr(getattr(config, section), name) != value and name not in SAFE_TO_CHANGE_ON_RESUME]
     if changes:
         raise ConfigError(f"cannot resume {run_dir} with a different {'; '.join(changes)}: start a new run, or "
                           f"change only {', '.join(sorted(SAFE_TO_CHANGE_ON_RESUME))}")
-    config = RunConfig(model=config.model, train=dataclasses.replace(config.train, **overrides["train"]))
+    config = config.replace({"train": overrides.get("train", {})})
     config.validate()
     if not (run_dir / "latest.json").exists() and not any((run_dir / "checkpoints").glob("step-*")):
         # Stopped before its first checkpoint: nothing to lose, so start it again from step 0.
-        dataset = TokenDataset(resolve_dataset(_read_data_info(run_dir)["dataset"]))
+        dataset = open_dataset(config, folder=_read_data_info(run_dir)["dataset"])
         if dist is None or dist.is_main:
             remove_partial_checkpoints(run_dir)
         trainer = Trainer(config, dataset, run_dir, progress=progress, dist=dist)
@@ -94,7 +91,7 @@ def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {checkpoint / 'trainer.json'} ({exc}): the checkpoint is corrupt") from None
     _check_trainer_state(checkpoint / "trainer.json", trainer_state)
-    dataset = TokenDataset(resolve_dataset(_read_data_info(run_dir)["dataset"]))
+    dataset = open_dataset(config, folder=_read_data_info(run_dir)["dataset"])
     if dataset.source_sha256 != trainer_state.get("data_sha256"):
         raise ConfigError(f"the dataset in {dataset.folder} is not the one this run trained on (source sha256 "
                           f"{dataset.source_sha256[:12]}... vs {str(trainer_state.get('data_sha256'))[:12]}...): "

@@ -37,7 +37,7 @@ from quillgpt.checkpoint import (
     write_run_files,
 )
 from quillgpt.config import RunConfig
-from quillgpt.data import Batches, TokenDataset
+from quillgpt.data import TrainingData
 from quillgpt.distributed import Distributed
 from quillgpt.errors import ConfigError, QuillError
 from quillgpt.metrics import MetricsLog, plot_losses
@@ -162,7 +162,7 @@ class TrainResult:
 class Trainer:
     """Owns the model, optimizer, batches and run directory of one training run."""
 
-    def __init__(self, config: RunConfig, dataset: TokenDataset, run_dir: str | Path,
+    def __init__(self, config: RunConfig, dataset: TrainingData, run_dir: str | Path,
                  resume_state: dict[str, Any] | None = None, progress: bool = True,
                  dist: Distributed | None = None) -> None:
         config.model.vocab_size = dataset.tokenizer.vocab_size
@@ -195,9 +195,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, config, self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
         block, batch = config.model.block_size, t.batch_size
-        self.train_batches = Batches(dataset.splits["train"], batch, block, self.dist.seed(t.seed), self.device)
-        self.eval_batches = {split: Batches(dataset.splits[split], batch, block, self.dist.seed(t.seed + 1 + i),
-                                            self.device)
+        self.train_batches = dataset.batches("train", batch, block, self.dist.seed(t.seed), self.device)
+        self.eval_batches = {split: dataset.batches(split, batch, block, self.dist.seed(t.seed + 1 + i), self.device)
                              for i, split in enumerate(("train", "val"))}
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.step = 0
@@ -210,15 +209,12 @@ class Trainer:
         self.skipped_steps = 0
         self.stop_signal: int | None = None
         self._pending: list[torch.Tensor] = []  # per-step losses not yet logged (kept on the device)
+        self._tokens_seen = 0  # input tokens of this process since the last log (for tokens/s)
         if resume_state is not None:
             self._restore(resume_state)
         elif self.dist.is_main:
-            write_run_files(self.run_dir, config, dataset.tokenizer, self.data_info())
+            write_run_files(self.run_dir, config, dataset.tokenizer, dataset.info())
             self.metrics.path.unlink(missing_ok=True)
-
-    def data_info(self) -> dict[str, Any]:
-        return {"dataset": str(self.dataset.folder), "source": self.dataset.meta.get("source", {}),
-                "split": self.dataset.meta.get("split", {})}
 
     # -- one step ----------------------------------------------------------------------
 
@@ -234,6 +230,7 @@ class Trainer:
         for micro in range(t.grad_accum):
             last = micro == t.grad_accum - 1
             x, y = self.train_batches.next()
+            self._tokens_seen += x.numel()
             no_sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with no_sync:
                 with autocast(self.device, self.dtype):
@@ -410,8 +407,8 @@ class Trainer:
         finite = [v for v in values if math.isfinite(v)]
         now = time.perf_counter()
         steps = max(1, self.step - self._tick_step)
-        t = self.config.train
-        tokens = steps * t.batch_size * t.grad_accum * self.config.model.block_size * self.dist.world_size
+        tokens = self._tokens_seen * self.dist.world_size
+        self._tokens_seen = 0
         record = {"kind": "train", "step": self.step, "loss": sum(finite) / len(finite) if finite else None,
                   "lr": learning_rate(self.step - 1, self.config),
                   "ms_per_step": 1000 * (now - self._tick) / steps, "tokens_per_s": tokens / (now - self._tick)}

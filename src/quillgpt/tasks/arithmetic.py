@@ -8,8 +8,10 @@ division with remainder, ``17/5=3r2``). Formats of the answer:
 * ``reversed``    ``123+456=975``: every number of the answer written least significant digit
   first, the order in which carries are produced (Lee et al. 2023, "Teaching Arithmetic to
   Small Transformers", sec. 4: reversing lifts 3-digit addition from ~87% to ~99.8%);
-* ``scratchpad``  steps, then ``|`` and the plain answer: ``19+29=9+9+0=18;1+2+1=4|48``. Every
-  step is an equation that ``check_steps`` verifies, so a wrong chain of thought is visible.
+* ``scratchpad``  a chain of thought, then ``|`` and the plain answer. Numbers in the steps are
+  written least significant digit first: ``12*34=21*4=84;21*3=63;84+063=804|408`` is
+  12*4=48, 12*3=36, 48+360=408. Every step is an equation that ``check_steps`` verifies,
+  so a wrong chain of thought is visible.
 
 Train and test sets are disjoint by construction: a stable hash of (op, a, b) puts each
 problem in exactly one split, and each split is drawn from its own seed.
@@ -20,10 +22,11 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from quillgpt.data import generator_state, load_generator_state, to_device
 
 OPS = ("+", "-", "*", "/")
 FORMATS = ("plain", "reversed", "scratchpad")
@@ -70,19 +73,33 @@ def random_operand(rng: random.Random, digits: int, low: int = 0) -> int:
     return rng.randint(max(low, 0 if n == 1 else 10 ** (n - 1)), 10**n - 1)
 
 
-def problems(op: str, digits: int, count: int, seed: int, split: str = "train") -> list[Problem]:
+def check_ops(ops: str) -> str:
+    """``ops`` is one operator or several (``"+-*/"``: each problem picks one uniformly)."""
+    if not ops or any(op not in OPS for op in ops) or len(set(ops)) != len(ops):
+        raise ValueError(f"unknown operators {ops!r}: use one or more of {''.join(OPS)}, e.g. + or +-*/")
+    return ops
+
+
+def draw_problem(rng: random.Random, ops: str, digits: int) -> Problem:
+    """One random problem (of either split): the operator uniform over ``ops``."""
+    op = ops[rng.randrange(len(ops))]
+    return Problem(random_operand(rng, digits), op, random_operand(rng, digits, low=1 if op == "/" else 0))
+
+
+def problems(ops: str, digits: int, count: int, seed: int, split: str = "train") -> list[Problem]:
     """``count`` distinct problems of ``split`` (train or test), the same for the same seed."""
-    if op not in OPS:
-        raise ValueError(f"unknown operator {op!r}: use one of {' '.join(OPS)}")
-    rng = random.Random(f"{op}:{digits}:{seed}:{split}")
+    check_ops(ops)
+    if digits < 1:
+        raise ValueError(f"operands need at least 1 digit, got {digits}")
+    rng = random.Random(f"{ops}:{digits}:{seed}:{split}")
     seen: set[Problem] = set()
     out: list[Problem] = []
     attempts = 0
     while len(out) < count:
         attempts += 1
         if attempts > 100 * count + 1000:
-            raise ValueError(f"cannot draw {count} distinct {split} problems of {digits}-digit {op}: ask for fewer")
-        problem = Problem(random_operand(rng, digits), op, random_operand(rng, digits, low=1 if op == "/" else 0))
+            raise ValueError(f"cannot draw {count} distinct {split} problems of {digits}-digit {ops}: ask for fewer")
+        problem = draw_problem(rng, ops, digits)
         if problem.split == split and problem not in seen:
             seen.add(problem)
             out.append(problem)
@@ -98,8 +115,9 @@ def _reverse_number(n: int) -> str:
     return ("-" if n < 0 else "") + str(abs(n))[::-1]
 
 
-def _digits_lsd_first(n: int) -> list[int]:
-    return [int(d) for d in str(n)[::-1]]
+def _lsd(n: int, width: int = 0) -> str:
+    """``n >= 0`` written least significant digit first, zero-padded to ``width`` digits."""
+    return str(n).rjust(width, "0")[::-1]
 
 
 def _plain(value: int, remainder: int | None) -> str:
@@ -107,37 +125,32 @@ def _plain(value: int, remainder: int | None) -> str:
 
 
 def scratchpad_steps(problem: Problem) -> list[str]:
-    """The checkable steps that lead to the answer (see ``check_steps``)."""
+    """The checkable steps that lead to the answer (see ``check_steps``).
+
+    Every number in a step is written least significant digit first, so each digit of a
+    result depends only on digits already written and on the carry (or borrow) they make:
+    the order in which a small transformer computes reliably (the reason ``reversed``
+    helps). The final answer after ``|`` is written the usual way.
+    """
     a, b = problem.a, problem.b
     if problem.op == "+":
-        steps, carry = [], 0
-        xs, ys = _digits_lsd_first(a), _digits_lsd_first(b)
-        for i in range(max(len(xs), len(ys))):
-            x, y = (xs[i] if i < len(xs) else 0), (ys[i] if i < len(ys) else 0)
-            steps.append(f"{x}+{y}+{carry}={x + y + carry}")
-            carry = (x + y + carry) // 10
-        return steps
+        return [f"{_lsd(a)}+{_lsd(b)}={_lsd(a + b)}"]
     if problem.op == "-":
-        big, small = max(a, b), min(a, b)  # a < b: subtract the other way round, then negate
-        steps, borrow = [], 0
-        xs, ys = _digits_lsd_first(big), _digits_lsd_first(small)
-        for i, x in enumerate(xs):
-            y = ys[i] if i < len(ys) else 0
-            steps.append(f"{x}-{y}-{borrow}={x - y - borrow}")
-            borrow = 1 if x - y - borrow < 0 else 0
-        return steps
+        big, small = max(a, b), min(a, b)  # a < b: subtract the other way round, the answer gets a "-"
+        return [f"{_lsd(big)}-{_lsd(small)}={_lsd(big - small, len(str(big)))}"]
     if problem.op == "*":
-        steps, total = [], 0
-        for i, d in enumerate(_digits_lsd_first(b)):  # one partial product per digit of b
+        digits = [int(d) for d in str(b)[::-1]]
+        steps = [f"{_lsd(a)}*{d}={_lsd(a * d)}" for d in digits]  # one partial product per digit of b
+        total = a * digits[0]
+        for i, d in enumerate(digits[1:], start=1):  # add them up, each shifted by its place
             partial = a * d * 10**i
-            steps.append(f"{a}*{d * 10**i}={partial}")
-            steps.append(f"{total}+{partial}={total + partial}")
+            steps.append(f"{_lsd(total)}+{_lsd(partial, len(str(a * d)) + i)}={_lsd(total + partial)}")
             total += partial
         return steps
     steps, rest = [], 0
-    for d in str(a):  # long division, most significant digit first
+    for d in str(a):  # long division, most significant digit first: one quotient digit a step
         rest = rest * 10 + int(d)
-        steps.append(f"{rest}/{b}={rest // b}r{rest % b}")
+        steps.append(f"{_lsd(rest)}/{_lsd(b)}={rest // b}r{_lsd(rest % b)}")
         rest %= b
     return steps
 
@@ -158,28 +171,45 @@ def sample_text(problem: Problem, fmt: str) -> str:
     return problem.prompt + answer_text(problem, fmt) + "\n"
 
 
-_STEP = re.compile(r"^(-?\d+)([-+*/])(-?\d+)(?:([-+])(\d+))?=(-?\d+)(?:r(\d+))?$")
+_STEP = re.compile(r"^(\d+)([-+*/])(\d+)=(\d+)(?:r(\d+))?$")
+
+
+def _from_lsd(digits: str) -> int:
+    return int(digits[::-1])
 
 
 def check_steps(answer: str) -> bool:
-    """Are all scratchpad steps of ``answer`` true equations? (Says nothing about the final answer.)"""
+    """Are all scratchpad steps of ``answer`` true equations? (Says nothing about the final answer.)
+
+    Numbers in steps are least significant digit first; a division step is
+    ``rest/divisor=quotient_digit r remainder``.
+    """
     steps = answer.split("|", 1)[0]
     for step in filter(None, steps.split(";")):
         match = _STEP.match(step)
         if not match:
             return False
-        x, op, y, op2, z, rhs, rem = match.groups()
-        x, y, rhs = int(x), int(y), int(rhs)
+        op, rem = match.group(2), match.group(5)
+        x, y, rhs = _from_lsd(match.group(1)), _from_lsd(match.group(3)), match.group(4)
         if op == "/":
-            if op2 or rem is None or y == 0 or (x // y, x % y) != (rhs, int(rem)):
+            if rem is None or y == 0 or (x // y, x % y) != (int(rhs), _from_lsd(rem)):
                 return False
             continue
         left = x + y if op == "+" else x - y if op == "-" else x * y
-        if op2:
-            left = left + int(z) if op2 == "+" else left - int(z)
-        if rem is not None or left != rhs:
+        if rem is not None or left != _from_lsd(rhs):
             return False
     return True
+
+
+def readable_step(step: str) -> str:
+    """A scratchpad step with its numbers turned the usual way round: ``21*4=84`` -> ``12*4=48``."""
+    match = _STEP.match(step)
+    if not match:
+        return step
+    x, op, y, rhs, rem = match.groups()
+    if op == "/":
+        return f"{_from_lsd(x)}/{_from_lsd(y)}={rhs}r{_from_lsd(rem or '0')}"
+    return f"{_from_lsd(x)}{op}{_from_lsd(y)}={_from_lsd(rhs)}"
 
 
 def parse_answer(completion: str, op: str, fmt: str) -> tuple[int, int | None] | None:
@@ -232,15 +262,39 @@ def batch(examples: list[Problem], fmt: str, block_size: int) -> tuple[torch.Ten
     return x, y
 
 
-def batches(op: str, digits: int, fmt: str, batch_size: int, block_size: int, seed: int,
-            pool: list[Problem] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless training batches: drawn from ``pool`` (a prepared set) or on the fly (train split only)."""
-    rng = random.Random(seed)
-    stream_seed = seed
-    while True:
-        if pool is not None:
-            chosen = [pool[rng.randrange(len(pool))] for _ in range(batch_size)]
+class ProblemBatches:
+    """Endless, resumable (x, y) batches of problems: drawn from ``pool`` (a prepared set) or, with
+    no pool, made on the fly from ``ops``/``digits`` (train split only, so never a test problem).
+
+    Like ``data.Batches`` the draws come from a private ``torch.Generator``, so ``state_dict``
+    lets a resumed run see exactly the batches it would have seen.
+    """
+
+    def __init__(self, fmt: str, batch_size: int, block_size: int, seed: int, device: str | torch.device = "cpu",
+                 pool: list[Problem] | None = None, ops: str = "+", digits: int = 3) -> None:
+        if pool is not None and not pool:
+            raise ValueError("the problem pool is empty: ask for at least one example")
+        self.fmt, self.batch_size, self.block_size = fmt, batch_size, block_size
+        self.pool, self.ops, self.digits = pool, check_ops(ops), digits
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pool is not None:
+            picks = torch.randint(len(self.pool), (self.batch_size,), generator=self.generator).tolist()
+            chosen = [self.pool[i] for i in picks]
         else:
-            stream_seed += 1
-            chosen = problems(op, digits, batch_size, stream_seed, "train")
-        yield batch(chosen, fmt, block_size)
+            rng = random.Random(int(torch.randint(2**62, (1,), generator=self.generator)))
+            chosen = []
+            while len(chosen) < self.batch_size:
+                problem = draw_problem(rng, self.ops, self.digits)
+                if problem.split == "train":
+                    chosen.append(problem)
+        x, y = batch(chosen, self.fmt, self.block_size)
+        return to_device(x, y, self.device)
+
+    def state_dict(self) -> dict[str, str]:
+        return generator_state(self.generator)
+
+    def load_state_dict(self, state: dict[str, str]) -> None:
+        load_generator_state(self.generator, state)

@@ -1,0 +1,112 @@
+"""The arithmetic commands of ``quill``: ``quill task eval`` and ``quill calc``.
+
+    quill task eval RUN_DIR --task add --digits 3 --n 2000 --eval-seed S
+    quill calc RUN_DIR "123*45" [--show-work]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import torch
+
+from quillgpt.checkpoint import LoadedRun, load_run
+from quillgpt.config import TASK_OPS
+from quillgpt.errors import ConfigError
+from quillgpt.tasks.arithmetic import answer_text, check_steps, parse_answer, problems, readable_step
+from quillgpt.tasks.dataset import arithmetic_tokenizer
+from quillgpt.tasks.evaluate import Report, attempt_all, complete, parse_expression
+from quillgpt.train import resolve_device
+
+
+def _arithmetic_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
+    run = load_run(run_dir, which=checkpoint, device=device)
+    if not run.config.arithmetic.enabled or run.tokenizer != arithmetic_tokenizer():
+        raise ConfigError(f"{run.run_dir} was not trained on an arithmetic task: train one with e.g. "
+                          "quill train --preset add3-reversed")
+    return run
+
+
+def cmd_task_eval(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    run = _arithmetic_run(args.run_dir, args.checkpoint, device)
+    trained = run.config.arithmetic
+    task = args.task or trained.task
+    if task not in TASK_OPS:
+        raise ConfigError(f"unknown task {task!r}: choose one of {', '.join(TASK_OPS)}")
+    missing = set(TASK_OPS[task]) - set(trained.ops)
+    if missing:
+        raise ConfigError(f"{run.run_dir} was trained on {trained.task} ({trained.ops}), not on "
+                          f"{''.join(sorted(missing))}: evaluate with --task {trained.task}")
+    digits = args.digits or trained.digits
+    seed = trained.eval_seed + 1 if args.eval_seed is None else args.eval_seed
+    if args.n < 1 or digits < 1:
+        raise ConfigError("--n and --digits must be >= 1")
+    try:
+        tests = problems(TASK_OPS[task], digits, args.n, seed, "test")
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (--n)") from None
+    tic = time.perf_counter()
+    report = Report(attempt_all(run.model, tests, trained.format, device))
+    seconds = time.perf_counter() - tic
+    if args.json:
+        print(json.dumps({"run": str(run.run_dir), "checkpoint": run.checkpoint.name, "step": run.step, "task": task,
+                          "digits": digits, "format": trained.format, "eval_seed": seed, "seconds": seconds,
+                          **report.to_dict()}))
+    else:
+        print(report.format(f"{task}, operands up to {digits} digits, {trained.format} format, eval seed {seed} "
+                            f"({run.checkpoint.name}, {seconds:.1f} s)"))
+    return 0
+
+
+def cmd_calc(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    problem = parse_expression(args.expression)
+    run = _arithmetic_run(args.run_dir, args.checkpoint, device)
+    trained = run.config.arithmetic
+    if problem.op not in trained.ops:
+        raise ConfigError(f"{run.run_dir} was trained on {trained.ops} only, not {problem.op}: use a calc model")
+    room = run.config.model.block_size - len(problem.prompt)
+    text = complete(run.model, [problem.prompt], max(room, len(answer_text(problem, trained.format)) + 1), device)[0]
+    answer = parse_answer(text, problem.op, trained.format)
+    value, remainder = problem.result
+    truth = f"{value}" if remainder is None else f"{value} r {remainder}"
+    if args.show_work and trained.format == "scratchpad":
+        for step in filter(None, text.split("|", 1)[0].split(";")):
+            print(f"  {readable_step(step):<28} (as written: {step})")
+        print(f"  steps all true: {'yes' if check_steps(text) else 'no'}")
+    if answer is None:
+        print(f"{problem.prompt}?  (the model wrote {text!r}, not an answer; Python: {truth})")
+        return 1
+    shown = f"{answer[0]}" if answer[1] is None else f"{answer[0]} r {answer[1]}"
+    verdict = "correct" if answer == problem.result else f"WRONG, Python says {truth}"
+    print(f"{problem.prompt}{shown}  ({verdict})")
+    return 0 if answer == problem.result else 1
+
+
+def add_task_commands(commands: Any) -> None:
+    """Add ``task eval`` and ``calc`` to the ``quill`` subcommands."""
+    from quillgpt.cli import OneLineParser, add_run_flags, optional_int
+
+    task = commands.add_parser("task", help="arithmetic tasks: exact-match evaluation")
+    task_commands = task.add_subparsers(dest="task_command", required=True, parser_class=OneLineParser)
+    task_eval = task_commands.add_parser("eval", help="greedy exact-match accuracy on held-out problems")
+    task_eval.add_argument("run_dir")
+    task_eval.add_argument("--task", help="add, sub, mul, div or calc (default: the run's task)")
+    task_eval.add_argument("--digits", type=optional_int, help="operands of 1..N digits (default: the run's)")
+    task_eval.add_argument("--n", type=optional_int, default=2000, help="held-out problems (default 2000)")
+    task_eval.add_argument("--eval-seed", type=optional_int, default=None,
+                           help="draws the held-out set (default: the run's eval seed + 1, a set training never saw)")
+    add_run_flags(task_eval)
+    task_eval.add_argument("--json", action="store_true", help="print one JSON object")
+    task_eval.set_defaults(func=cmd_task_eval)
+
+    calc = commands.add_parser("calc", help="ask an arithmetic model, e.g. quill calc RUN_DIR \"123*45\"")
+    calc.add_argument("run_dir")
+    calc.add_argument("expression", help="two whole numbers and one of + - * / (x and ÷ work too)")
+    calc.add_argument("--show-work", action="store_true", help="print the scratchpad steps, checked")
+    add_run_flags(calc)
+    calc.set_defaults(func=cmd_calc)

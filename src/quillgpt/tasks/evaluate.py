@@ -1,0 +1,150 @@
+"""Exact-match evaluation of an arithmetic model: greedy decoding, parsing, accuracy breakdowns.
+
+Every problem is decoded greedily from its prompt (``123+456=``) until the sample delimiter
+``\\n``; the answer is parsed in the run's format and compared with Python's. A problem
+counts as correct only if the parsed answer equals the true one exactly. Accuracy is
+reported overall, per operator, per operand length (digits of the longer operand) and per
+carry count (carries of an addition, borrows of a subtraction).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from itertools import groupby
+
+import torch
+
+from quillgpt.errors import QuillError
+from quillgpt.sample import stream
+from quillgpt.tasks.arithmetic import ALPHABET, OPS, Problem, answer_text, check_steps, encode, parse_answer
+
+NEWLINE = encode("\n")[0]
+
+
+class TaskError(QuillError):
+    """A problem the model cannot be asked (wrong operator, bad expression)."""
+
+
+def carries(problem: Problem) -> int | None:
+    """Column carries of an addition, borrows of a subtraction (of the larger minus the smaller)."""
+    a, b = problem.a, problem.b
+    if problem.op == "-":
+        a, b = max(a, b), min(a, b)
+    elif problem.op != "+":
+        return None
+    count, carry = 0, 0
+    while a or b:
+        x, y = a % 10, b % 10
+        column = x + y + carry if problem.op == "+" else x - y - carry
+        carry = 1 if column >= 10 or column < 0 else 0
+        count += carry
+        a, b = a // 10, b // 10
+    return count
+
+
+@dataclass
+class Attempt:
+    problem: Problem
+    completion: str  # what the model wrote after the prompt, up to the delimiter
+    correct: bool
+    steps_ok: bool | None  # scratchpad: were all steps true equations?
+
+    @property
+    def length(self) -> int:
+        return max(len(str(self.problem.a)), len(str(self.problem.b)))
+
+
+@torch.no_grad()
+def complete(model: torch.nn.Module, prompts: list[str], max_new_tokens: int, device: torch.device) -> list[str]:
+    """Greedy continuations of prompts of equal length, each cut at the first newline."""
+    idx = torch.tensor([encode(p) for p in prompts], dtype=torch.long, device=device)
+    rows: list[list[int]] = [[] for _ in prompts]
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    for token in stream(model, idx, max_new_tokens, top_k=1):  # top-k 1: the most likely token, always
+        for row, value in zip(rows, token[:, 0].tolist(), strict=True):
+            row.append(value)
+        done |= token[:, 0] == NEWLINE
+        if bool(done.all()):
+            break
+    texts = ["".join(ALPHABET[i] for i in row) for row in rows]
+    return [text.split("\n", 1)[0] for text in texts]
+
+
+def attempt_all(model: torch.nn.Module, problems: list[Problem], fmt: str, device: torch.device,
+                batch_size: int = 500) -> list[Attempt]:
+    """Each problem decoded greedily (batched by prompt length, so positions line up)."""
+    attempts: dict[Problem, Attempt] = {}
+    by_length = sorted(problems, key=lambda p: len(p.prompt))
+    for _, group in groupby(by_length, key=lambda p: len(p.prompt)):
+        group = list(group)
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            longest = max(len(answer_text(p, fmt)) for p in chunk) + 1  # room for the delimiter
+            for problem, text in zip(chunk, complete(model, [p.prompt for p in chunk], longest, device),
+                                     strict=True):
+                attempts[problem] = Attempt(problem, text, parse_answer(text, problem.op, fmt) == problem.result,
+                                            check_steps(text) if fmt == "scratchpad" else None)
+    return [attempts[p] for p in problems]
+
+
+@dataclass
+class Report:
+    attempts: list[Attempt]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(a.correct for a in self.attempts) / max(1, len(self.attempts))
+
+    def breakdown(self, key: str) -> dict[object, tuple[int, int]]:
+        """{value: (correct, total)} grouped by ``op``, ``length`` or ``carries``."""
+        out: dict[object, list[int]] = defaultdict(lambda: [0, 0])
+        for a in self.attempts:
+            value = a.problem.op if key == "op" else a.length if key == "length" else carries(a.problem)
+            if value is None:
+                continue
+            out[value][0] += a.correct
+            out[value][1] += 1
+        return {k: (v[0], v[1]) for k, v in sorted(out.items(), key=lambda kv: str(kv[0]).zfill(3))}
+
+    def to_dict(self) -> dict[str, object]:
+        steps = [a.steps_ok for a in self.attempts if a.steps_ok is not None]
+        return {"n": len(self.attempts), "accuracy": self.accuracy,
+                **{f"by_{key}": {str(k): {"correct": c, "n": n, "accuracy": c / n}
+                                 for k, (c, n) in self.breakdown(key).items()}
+                   for key in ("op", "length", "carries")},
+                "steps_valid": (sum(steps) / len(steps)) if steps else None,
+                "wrong_examples": [f"{a.problem.prompt}{a.completion}" for a in self.attempts if not a.correct][:10]}
+
+    def format(self, title: str) -> str:
+        lines = [f"{title}: {sum(a.correct for a in self.attempts)}/{len(self.attempts)} exact = "
+                 f"{100 * self.accuracy:.2f}%"]
+        for key, label in (("op", "operator"), ("length", "digits (longer operand)"), ("carries", "carries/borrows")):
+            table = self.breakdown(key)
+            if len(table) > 1 or key == "length":
+                cells = ", ".join(f"{k}: {100 * c / n:.1f}% ({n})" for k, (c, n) in table.items())
+                lines.append(f"  by {label}: {cells}")
+        steps = [a.steps_ok for a in self.attempts if a.steps_ok is not None]
+        if steps:
+            lines.append(f"  scratchpad steps all true: {100 * sum(steps) / len(steps):.1f}%")
+        wrong = [f"{a.problem.prompt}{a.completion}" for a in self.attempts if not a.correct][:3]
+        if wrong:
+            lines.append("  e.g. wrong: " + "   ".join(wrong))
+        return "\n".join(lines)
+
+
+_EXPRESSION = re.compile(r"^\s*(\d+)\s*([-+*/x×÷])\s*(\d+)\s*$")
+
+
+def parse_expression(text: str) -> Problem:
+    """``"123*45"`` (also ``x``, ``×``, ``÷``) as a Problem; a one-line TaskError otherwise."""
+    match = _EXPRESSION.match(text)
+    if not match:
+        raise TaskError(f"cannot read {text!r}: write two whole numbers and one of + - * /, e.g. \"123*45\"")
+    op = {"x": "*", "×": "*", "÷": "/"}.get(match.group(2), match.group(2))
+    problem = Problem(int(match.group(1)), op, int(match.group(3)))
+    if op == "/" and problem.b == 0:
+        raise TaskError("division by zero: give a divisor of 1 or more")
+    assert op in OPS
+    return problem
