@@ -254,6 +254,15 @@ CLI_CASES = [
     ("eval max tokens 0", None, ["eval", "runs/ok", "--max-tokens", "0"], "--max-tokens must be >= 1"),
     ("eval unknown characters", None, ["eval", "runs/ok", "--text", "other.txt"], "not in the vocabulary"),
     ("bench prepare bad vocab", None, ["bench", "prepare", "--tokenizer", "bpe", "--vocab-size", "5"], "out of range"),
+    # arithmetic tasks
+    ("unknown task", None, [*TRAIN, "--task", "pow"], "task must be one of add, sub, mul, div, calc"),
+    ("unknown task format", None, [*TRAIN, "--task", "add", "--format", "roman"], "format must be one of"),
+    ("task block too small", None, [*TRAIN, "--task", "add", "--digits", "3", "--block-size", "8"],
+     "needs block_size >= 12"),
+    ("task more held-out than exist", None, [*TRAIN, "--task", "add", "--digits", "1"], "--eval-examples"),
+    ("task eval on a text run", None, ["task", "eval", "runs/ok"], "not trained on an arithmetic task"),
+    ("calc on a text run", None, ["calc", "runs/ok", "1+1"], "not trained on an arithmetic task"),
+    ("calc a missing run", None, ["calc", "runs/nope", "1+1"], "run directory not found: runs/nope"),
 ]
 
 
