@@ -183,7 +183,7 @@ def _train(args: argparse.Namespace, overrides: dict[str, dict[str, Any]], confi
     if not dist.is_main:
         return 130 if result.interrupted == "SIGINT" else 143 if result.interrupted else 0
     arithmetic = trainer.config.arithmetic.enabled
-    print(summarize(result, next_step=f"quill task eval {result.run_dir} --n 2000" if arithmetic else
+    print(summarize(result, next_step=f"quill task eval {result.run_dir}" if arithmetic else
                     f"quill sample {result.run_dir} --prompt \"ROMEO:\" --max-new-tokens 500"))
     if result.interrupted:
         print(f"\ninterrupted by {result.interrupted} at step {trainer.step}: checkpoint saved in "

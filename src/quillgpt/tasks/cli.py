@@ -43,10 +43,11 @@ def cmd_task_eval(args: argparse.Namespace) -> int:
                           f"{''.join(sorted(missing))}: evaluate with --task {trained.task}")
     digits = args.digits or trained.digits
     seed = trained.eval_seed + 1 if args.eval_seed is None else args.eval_seed
-    if args.n < 1 or digits < 1:
+    n = trained.eval_examples if args.n is None else args.n
+    if n < 1 or digits < 1:
         raise ConfigError("--n and --digits must be >= 1")
     try:
-        tests = problems(TASK_OPS[task], digits, args.n, seed, "test")
+        tests = problems(TASK_OPS[task], digits, n, seed, "test")
     except ValueError as exc:
         raise ConfigError(f"{exc} (--n)") from None
     tic = time.perf_counter()
@@ -97,7 +98,8 @@ def add_task_commands(commands: Any) -> None:
     task_eval.add_argument("run_dir")
     task_eval.add_argument("--task", help="add, sub, mul, div or calc (default: the run's task)")
     task_eval.add_argument("--digits", type=optional_int, help="operands of 1..N digits (default: the run's)")
-    task_eval.add_argument("--n", type=optional_int, default=2000, help="held-out problems (default 2000)")
+    task_eval.add_argument("--n", type=optional_int, default=None,
+                           help="held-out problems (default: the run's eval_examples, 2000 for add3/calc3)")
     task_eval.add_argument("--eval-seed", type=optional_int, default=None,
                            help="draws the held-out set (default: the run's eval seed + 1, a set training never saw)")
     add_run_flags(task_eval)
