@@ -12,6 +12,7 @@ from quillgpt.models import build_model
 from quillgpt.tasks.arithmetic import (
     ALPHABET,
     FORMATS,
+    HINTS,
     IGNORE,
     OPS,
     Problem,
@@ -37,6 +38,8 @@ from quillgpt.tasks.arithmetic import (
     (Problem(30, "-", 8), "scratchpad", "30-8=03-8=22|22\n"),
     (Problem(85, "-", 123), "scratchpad", "85-123=321-58=830|-38\n"),  # 123-85=038, zero-padded
     (Problem(157, "/", 4), "scratchpad", "157/4=1/4=0r1;51/4=3r3;73/4=9r1|39r1\n"),
+    # hinted: a place letter before each digit, the answer reversed
+    (Problem(123, "+", 45), "hinted", "c1b2a3+b4a5=a8b6c1\n"),
 ])
 def test_formats(problem: Problem, fmt: str, text: str) -> None:
     assert sample_text(problem, fmt) == text
@@ -125,3 +128,21 @@ def test_mixed_operators_and_bad_operators() -> None:
     assert {p.op for p in drawn} == set("+-*/")
     with pytest.raises(ValueError, match="unknown operators"):
         problems("^", 3, 10, seed=0)
+
+
+def test_hinted_training_rows_start_anywhere_with_any_hint_offset() -> None:
+    rows = ProblemBatches("hinted", 64, 48, seed=0, pool=problems("+", 3, 200, seed=0))
+    starts, first_hints = set(), set()
+    for _ in range(5):
+        x, y = rows.next()
+        for inputs, targets in zip(x.tolist(), y.tolist(), strict=True):
+            text = "".join(ALPHABET[i] for i in inputs)
+            body = text.lstrip("\n")
+            starts.add(len(text) - len(body))
+            first_hints.add(body[0] if body[0] in HINTS else None)
+            prompt, answer = body.split("=", 1)
+            a, b = (int("".join(c for c in part if c.isdigit())) for part in prompt.split("+"))
+            assert parse_answer(answer, "+", "hinted") == (a + b, None)
+            answer_positions = [i for i, t in enumerate(targets) if t != IGNORE]
+            assert answer_positions[0] == len(text) - len(body) + len(prompt)  # loss on the answer only
+    assert len(starts) > 10 and len(first_hints) > 5
