@@ -274,7 +274,7 @@ PRESETS = {"bigram": _bigram, "seed-gpt": _seed_gpt, "cpu-small": _cpu_small, "c
            # 2-digit multiplication from 3,000 examples with a chain of thought (Lee et al.: 95.8%)
            "mul2-scratchpad": lambda: _arithmetic("mul", "scratchpad", 2, 3000, 64, 4, 3000, 128),
            # + - * / on operands up to 3 digits, chain of thought, fresh problems every batch
-           "calc3": lambda: _arithmetic("calc", "scratchpad", 3, 0, 96, 6, 1500, 128, "bfloat16"),
+           "calc3": lambda: _arithmetic("calc", "scratchpad", 3, 0, 96, 6, 4000, 128, "bfloat16"),
            }
 
 

@@ -157,10 +157,13 @@ def scratchpad_steps(problem: Problem) -> list[str]:
             total += partial
         return steps
     steps, rest = [], 0
-    for d in str(a):  # long division, most significant digit first: one quotient digit a step
+    for d in str(a):  # long division, most significant digit first: one quotient digit at a time
         rest = rest * 10 + int(d)
-        steps.append(f"{_lsd(rest)}/{_lsd(b)}={rest // b}r{_lsd(rest % b)}")
-        rest %= b
+        q = rest // b
+        steps.append(f"{_lsd(rest)}/{_lsd(b)}={q}")
+        if q:  # what is left: rest - q*b, the product written out (a subtraction of reversed numbers)
+            steps.append(f"{_lsd(rest)}-{_lsd(q * b)}={_lsd(rest - q * b, len(str(rest)))}")
+        rest -= q * b
     return steps
 
 
@@ -210,7 +213,7 @@ def check_steps(answer: str) -> bool:
     """Are all scratchpad steps of ``answer`` true equations? (Says nothing about the final answer.)
 
     Numbers in steps are least significant digit first; a division step is
-    ``rest/divisor=quotient_digit r remainder``.
+    ``rest/divisor=quotient_digit`` (integer division), followed by ``rest-product=left``.
     """
     steps = answer.split("|", 1)[0]
     for step in filter(None, steps.split(";")):
@@ -219,8 +222,8 @@ def check_steps(answer: str) -> bool:
             return False
         op, rem = match.group(2), match.group(5)
         x, y, rhs = _from_lsd(match.group(1)), _from_lsd(match.group(3)), match.group(4)
-        if op == "/":
-            if rem is None or y == 0 or (x // y, x % y) != (int(rhs), _from_lsd(rem)):
+        if op == "/":  # "rest/divisor=quotient digit"
+            if rem is not None or y == 0 or x // y != int(rhs):
                 return False
             continue
         left = x + y if op == "+" else x - y if op == "-" else x * y
@@ -236,7 +239,7 @@ def readable_step(step: str) -> str:
         return step
     x, op, y, rhs, rem = match.groups()
     if op == "/":
-        return f"{_from_lsd(x)}/{_from_lsd(y)}={rhs}r{_from_lsd(rem or '0')}"
+        return f"{_from_lsd(x)}/{_from_lsd(y)}={rhs}"
     return f"{_from_lsd(x)}{op}{_from_lsd(y)}={_from_lsd(rhs)}"
 
 
