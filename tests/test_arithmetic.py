@@ -12,6 +12,7 @@ from quillgpt.models import build_model
 from quillgpt.tasks.arithmetic import (
     ALPHABET,
     FORMATS,
+    HINTS,
     IGNORE,
     OPS,
     Problem,
@@ -36,7 +37,9 @@ from quillgpt.tasks.arithmetic import (
     (Problem(12, "*", 34), "scratchpad", "12*34=21*4=84;21*3=63;84+063=804|408\n"),
     (Problem(30, "-", 8), "scratchpad", "30-8=03-8=22|22\n"),
     (Problem(85, "-", 123), "scratchpad", "85-123=321-58=830|-38\n"),  # 123-85=038, zero-padded
-    (Problem(157, "/", 4), "scratchpad", "157/4=1/4=0r1;51/4=3r3;73/4=9r1|39r1\n"),
+    (Problem(157, "/", 4), "scratchpad", "157/4=1/4=0;51/4=3;51-21=30;73/4=9;73-63=10|39r1\n"),
+    # hinted: a place letter before each digit, the answer reversed
+    (Problem(123, "+", 45), "hinted", "c1b2a3+b4a5=a8b6c1\n"),
 ])
 def test_formats(problem: Problem, fmt: str, text: str) -> None:
     assert sample_text(problem, fmt) == text
@@ -56,9 +59,10 @@ def test_every_answer_parses_back_and_every_step_checks(a: int, op: str, b: int,
 def test_checker_catches_a_wrong_step_and_parser_rejects_junk() -> None:
     assert check_steps("21*4=84;21*3=63;84+063=804|408")
     assert not check_steps("21*4=84;21*3=63;84+063=805|408")  # 48+360 is not 508
-    assert not check_steps("51/4=3r2|3r2")  # 15/4 leaves 3
+    assert not check_steps("51/4=4|3r3")  # 15/4 is 3
+    assert not check_steps("51-21=20|3r3")  # 15-12 is 3
     assert not check_steps("12+x=3|3")
-    assert readable_step("84+063=804") == "48+360=408" and readable_step("51/4=3r3") == "15/4=3r3"
+    assert readable_step("84+063=804") == "48+360=408" and readable_step("51/4=3") == "15/4=3"
     assert parse_answer("4x8\n", "+", "plain") is None
     assert parse_answer("12\n", "/", "plain") is None  # division needs a remainder
     assert parse_answer("9+9+0=18", "+", "scratchpad") is None  # never reached the answer
@@ -125,3 +129,21 @@ def test_mixed_operators_and_bad_operators() -> None:
     assert {p.op for p in drawn} == set("+-*/")
     with pytest.raises(ValueError, match="unknown operators"):
         problems("^", 3, 10, seed=0)
+
+
+def test_hinted_training_rows_start_anywhere_with_any_hint_offset() -> None:
+    rows = ProblemBatches("hinted", 64, 48, seed=0, pool=problems("+", 3, 200, seed=0))
+    starts, first_hints = set(), set()
+    for _ in range(5):
+        x, y = rows.next()
+        for inputs, targets in zip(x.tolist(), y.tolist(), strict=True):
+            text = "".join(ALPHABET[i] for i in inputs)
+            body = text.lstrip("\n")
+            starts.add(len(text) - len(body))
+            first_hints.add(body[0] if body[0] in HINTS else None)
+            prompt, answer = body.split("=", 1)
+            a, b = (int("".join(c for c in part if c.isdigit())) for part in prompt.split("+"))
+            assert parse_answer(answer, "+", "hinted") == (a + b, None)
+            answer_positions = [i for i, t in enumerate(targets) if t != IGNORE]
+            assert answer_positions[0] == len(text) - len(body) + len(prompt)  # loss on the answer only
+    assert len(starts) > 10 and len(first_hints) > 5

@@ -23,7 +23,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 LR_SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("adamw", "muon")
 TASK_OPS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "calc": "+-*/"}  # arithmetic task -> operators
-TASK_FORMATS = ("plain", "reversed", "scratchpad")
+TASK_FORMATS = ("plain", "reversed", "scratchpad", "hinted")
 
 
 @dataclass
@@ -132,7 +132,7 @@ class ArithmeticConfig:
 
     task: str = ""  # add, sub, mul, div, or calc (all four)
     digits: int = 3  # operands have 1..digits digits
-    format: str = "reversed"  # plain, reversed or scratchpad
+    format: str = "reversed"  # plain, reversed, scratchpad or hinted
     train_examples: int = 10_000  # the fixed training set; 0 = fresh problems every batch
     data_seed: int = 0  # draws the training set
     eval_examples: int = 2000  # held-out problems (val loss, and the accuracy after training)
@@ -269,10 +269,12 @@ PRESETS = {"bigram": _bigram, "seed-gpt": _seed_gpt, "cpu-small": _cpu_small, "c
            # block 32 leaves room to test 4- and 5-digit problems (length generalization).
            "add3-reversed": lambda: _arithmetic("add", "reversed", 3, 10_000, 32, 4, 2000, 256),
            "add3-plain": lambda: _arithmetic("add", "plain", 3, 10_000, 32, 4, 2000, 256),
+           # the same with place hints and random offsets: a remedy for length generalization
+           "add3-hinted": lambda: _arithmetic("add", "hinted", 3, 10_000, 48, 4, 2000, 256),
            # 2-digit multiplication from 3,000 examples with a chain of thought (Lee et al.: 95.8%)
            "mul2-scratchpad": lambda: _arithmetic("mul", "scratchpad", 2, 3000, 64, 4, 3000, 128),
            # + - * / on operands up to 3 digits, chain of thought, fresh problems every batch
-           "calc3": lambda: _arithmetic("calc", "scratchpad", 3, 0, 96, 6, 1500, 128, "bfloat16"),
+           "calc3": lambda: _arithmetic("calc", "scratchpad", 3, 0, 96, 6, 4000, 128, "bfloat16"),
            }
 
 

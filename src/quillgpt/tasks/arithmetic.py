@@ -12,6 +12,13 @@ division with remainder, ``17/5=3r2``). Formats of the answer:
   written least significant digit first: ``12*34=21*4=84;21*3=63;84+063=804|408`` is
   12*4=48, 12*3=36, 48+360=408. Every step is an equation that ``check_steps`` verifies,
   so a wrong chain of thought is visible.
+* ``hinted``      ``reversed`` with index hints (Zhou et al. 2024, "Transformers Can Achieve
+  Length Generalization But Not Robustly"): a letter before every digit names its place,
+  ``123+45=c1b2a3+b4a5=a8b6c1``, so the answer digit after hint ``b`` reads the operand
+  digits after ``b`` (found by content, not by position). In training the letters start at
+  a random offset and each row at a random position, so every letter and every position
+  up to ``block_size`` is seen; at test time they start at ``a`` and position 0. A remedy
+  for length generalization (train on 3 digits, test on 4-5).
 
 Train and test sets are disjoint by construction: a stable hash of (op, a, b) puts each
 problem in exactly one split, and each split is drawn from its own seed.
@@ -29,8 +36,10 @@ import torch
 from quillgpt.data import generator_state, load_generator_state, to_device
 
 OPS = ("+", "-", "*", "/")
-FORMATS = ("plain", "reversed", "scratchpad")
-ALPHABET = "\n-0123456789+*/=r;|"  # every character any format uses
+FORMATS = ("plain", "reversed", "scratchpad", "hinted")
+HINTS = "abcdefghij"  # place hints of the hinted format: digit places 0..9
+BASE_ALPHABET = "\n-0123456789+*/=r;|"  # every character of the other formats
+ALPHABET = BASE_ALPHABET + HINTS
 IGNORE = -100  # the target id F.cross_entropy ignores: prompt and padding positions
 TEST_BUCKETS = 10  # one problem in ten belongs to the test split
 
@@ -148,15 +157,37 @@ def scratchpad_steps(problem: Problem) -> list[str]:
             total += partial
         return steps
     steps, rest = [], 0
-    for d in str(a):  # long division, most significant digit first: one quotient digit a step
+    for d in str(a):  # long division, most significant digit first: one quotient digit at a time
         rest = rest * 10 + int(d)
-        steps.append(f"{_lsd(rest)}/{_lsd(b)}={rest // b}r{_lsd(rest % b)}")
-        rest %= b
+        q = rest // b
+        steps.append(f"{_lsd(rest)}/{_lsd(b)}={q}")
+        if q:  # what is left: rest - q*b, the product written out (a subtraction of reversed numbers)
+            steps.append(f"{_lsd(rest)}-{_lsd(q * b)}={_lsd(rest - q * b, len(str(rest)))}")
+        rest -= q * b
     return steps
 
 
-def answer_text(problem: Problem, fmt: str) -> str:
+def _hinted(n: int, offset: int, lsd_first: bool) -> str:
+    """``n`` with the place hint before each digit (place 0 = units gets ``HINTS[offset]``)."""
+    digits = str(abs(n))[::-1]  # place order
+    if offset + len(digits) > len(HINTS):
+        raise ValueError(f"{n} has too many digits for the {len(HINTS)} place hints")
+    pairs = [HINTS[offset + place] + d for place, d in enumerate(digits)]
+    return ("-" if n < 0 else "") + "".join(pairs if lsd_first else pairs[::-1])
+
+
+def prompt_text(problem: Problem, fmt: str, hint_offset: int = 0) -> str:
+    """What the model is given: ``a<op>b=`` (hinted: with place hints)."""
+    if fmt == "hinted":
+        return f"{_hinted(problem.a, hint_offset, False)}{problem.op}{_hinted(problem.b, hint_offset, False)}="
+    return problem.prompt
+
+
+def answer_text(problem: Problem, fmt: str, hint_offset: int = 0) -> str:
     value, remainder = problem.result
+    if fmt == "hinted":
+        rest = "" if remainder is None else "r" + _hinted(remainder, hint_offset, True)
+        return _hinted(value, hint_offset, True) + rest
     if fmt == "plain":
         return _plain(value, remainder)
     if fmt == "reversed":
@@ -166,9 +197,9 @@ def answer_text(problem: Problem, fmt: str) -> str:
     raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
 
 
-def sample_text(problem: Problem, fmt: str) -> str:
+def sample_text(problem: Problem, fmt: str, hint_offset: int = 0) -> str:
     """One training line: prompt, answer, newline."""
-    return problem.prompt + answer_text(problem, fmt) + "\n"
+    return prompt_text(problem, fmt, hint_offset) + answer_text(problem, fmt, hint_offset) + "\n"
 
 
 _STEP = re.compile(r"^(\d+)([-+*/])(\d+)=(\d+)(?:r(\d+))?$")
@@ -182,7 +213,7 @@ def check_steps(answer: str) -> bool:
     """Are all scratchpad steps of ``answer`` true equations? (Says nothing about the final answer.)
 
     Numbers in steps are least significant digit first; a division step is
-    ``rest/divisor=quotient_digit r remainder``.
+    ``rest/divisor=quotient_digit`` (integer division), followed by ``rest-product=left``.
     """
     steps = answer.split("|", 1)[0]
     for step in filter(None, steps.split(";")):
@@ -191,8 +222,8 @@ def check_steps(answer: str) -> bool:
             return False
         op, rem = match.group(2), match.group(5)
         x, y, rhs = _from_lsd(match.group(1)), _from_lsd(match.group(3)), match.group(4)
-        if op == "/":
-            if rem is None or y == 0 or (x // y, x % y) != (int(rhs), _from_lsd(rem)):
+        if op == "/":  # "rest/divisor=quotient digit"
+            if rem is not None or y == 0 or x // y != int(rhs):
                 return False
             continue
         left = x + y if op == "+" else x - y if op == "-" else x * y
@@ -208,7 +239,7 @@ def readable_step(step: str) -> str:
         return step
     x, op, y, rhs, rem = match.groups()
     if op == "/":
-        return f"{_from_lsd(x)}/{_from_lsd(y)}={rhs}r{_from_lsd(rem or '0')}"
+        return f"{_from_lsd(x)}/{_from_lsd(y)}={rhs}"
     return f"{_from_lsd(x)}{op}{_from_lsd(y)}={_from_lsd(rhs)}"
 
 
@@ -219,10 +250,12 @@ def parse_answer(completion: str, op: str, fmt: str) -> tuple[int, int | None] |
         if "|" not in text:
             return None
         text = text.rsplit("|", 1)[1]
+    if fmt == "hinted":
+        text = "".join(c for c in text if c not in HINTS)
     parts = text.split("r")
     if (op == "/") != (len(parts) == 2) or not all(re.fullmatch(r"-?\d+", p) for p in parts):
         return None
-    if fmt == "reversed":
+    if fmt in ("reversed", "hinted"):
         parts = [("-" if p.startswith("-") else "") + p.lstrip("-")[::-1] for p in parts]
     numbers = [int(p) for p in parts]
     return (numbers[0], numbers[1] if op == "/" else None)
@@ -240,17 +273,24 @@ def encode(text: str) -> list[int]:
         raise ValueError(f"{text!r} has a character outside the arithmetic alphabet {ALPHABET!r}") from None
 
 
-def masked_example(problem: Problem, fmt: str) -> tuple[list[int], list[int]]:
-    """(inputs, targets) of one sample; targets are IGNORE where the next token is part of the prompt."""
-    ids = encode(sample_text(problem, fmt))
-    prompt = len(problem.prompt)
+def masked_example(problem: Problem, fmt: str, hint_offset: int = 0, shift: int = 0) -> tuple[list[int], list[int]]:
+    """(inputs, targets) of one sample; targets are IGNORE where the next token is part of the prompt.
+
+    ``shift`` newlines go first (ignored too), so the problem starts at position ``shift``.
+    """
+    ids = encode("\n" * shift + sample_text(problem, fmt, hint_offset))
+    prompt = shift + len(prompt_text(problem, fmt, hint_offset))
     targets = [IGNORE] * (prompt - 1) + ids[prompt:]
     return ids[:-1], targets
 
 
-def batch(examples: list[Problem], fmt: str, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) inputs and targets, one problem per row, right-padded (padding is ignored too)."""
-    rows = [masked_example(p, fmt) for p in examples]
+def batch(examples: list[Problem], fmt: str, block_size: int,
+          randomness: list[tuple[int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) inputs and targets, one problem per row, right-padded (padding is ignored too).
+
+    ``randomness``: a (hint offset, shift) per row, for the hinted format's training rows.
+    """
+    rows = [masked_example(p, fmt, *(randomness[i] if randomness else (0, 0))) for i, p in enumerate(examples)]
     longest = max(len(x) for x, _ in rows)
     if longest > block_size:
         raise ValueError(f"a {fmt} sample needs {longest} positions but block_size is {block_size}: raise block_size")
@@ -290,8 +330,20 @@ class ProblemBatches:
                 problem = draw_problem(rng, self.ops, self.digits)
                 if problem.split == "train":
                     chosen.append(problem)
-        x, y = batch(chosen, self.fmt, self.block_size)
+        randomness = self._hint_randomness(chosen) if self.fmt == "hinted" else None
+        x, y = batch(chosen, self.fmt, self.block_size, randomness)
         return to_device(x, y, self.device)
+
+    def _hint_randomness(self, chosen: list[Problem]) -> list[tuple[int, int]]:
+        """A random hint offset and start position per row (the hinted format's training)."""
+        out = []
+        for problem, (u, v) in zip(chosen, torch.rand(len(chosen), 2, generator=self.generator).tolist(),
+                                   strict=True):
+            places = max(len(str(abs(n))) for n in (problem.a, problem.b, *filter(None, problem.result)))
+            offset = int(u * (len(HINTS) - places + 1))
+            room = self.block_size - (len(sample_text(problem, self.fmt, offset)) - 1)
+            out.append((offset, int(v * (max(room, 0) + 1))))
+        return out
 
     def state_dict(self) -> dict[str, str]:
         return generator_state(self.generator)

@@ -16,7 +16,7 @@ import torch
 from quillgpt.checkpoint import LoadedRun, load_run
 from quillgpt.config import TASK_OPS
 from quillgpt.errors import ConfigError
-from quillgpt.tasks.arithmetic import answer_text, check_steps, parse_answer, problems, readable_step
+from quillgpt.tasks.arithmetic import answer_text, check_steps, parse_answer, problems, prompt_text, readable_step
 from quillgpt.tasks.dataset import arithmetic_tokenizer
 from quillgpt.tasks.evaluate import Report, attempt_all, complete, parse_expression
 from quillgpt.train import resolve_device
@@ -24,7 +24,7 @@ from quillgpt.train import resolve_device
 
 def _arithmetic_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
     run = load_run(run_dir, which=checkpoint, device=device)
-    if not run.config.arithmetic.enabled or run.tokenizer != arithmetic_tokenizer():
+    if not run.config.arithmetic.enabled or run.tokenizer != arithmetic_tokenizer(run.config.arithmetic.format):
         raise ConfigError(f"{run.run_dir} was not trained on an arithmetic task: train one with e.g. "
                           "quill train --preset add3-reversed")
     return run
@@ -70,8 +70,9 @@ def cmd_calc(args: argparse.Namespace) -> int:
     trained = run.config.arithmetic
     if problem.op not in trained.ops:
         raise ConfigError(f"{run.run_dir} was trained on {trained.ops} only, not {problem.op}: use a calc model")
-    room = run.config.model.block_size - len(problem.prompt)
-    text = complete(run.model, [problem.prompt], max(room, len(answer_text(problem, trained.format)) + 1), device)[0]
+    prompt = prompt_text(problem, trained.format)
+    room = run.config.model.block_size - len(prompt)
+    text = complete(run.model, [prompt], max(room, len(answer_text(problem, trained.format)) + 1), device)[0]
     answer = parse_answer(text, problem.op, trained.format)
     value, remainder = problem.result
     truth = f"{value}" if remainder is None else f"{value} r {remainder}"
@@ -80,11 +81,11 @@ def cmd_calc(args: argparse.Namespace) -> int:
             print(f"  {readable_step(step):<28} (as written: {step})")
         print(f"  steps all true: {'yes' if check_steps(text) else 'no'}")
     if answer is None:
-        print(f"{problem.prompt}?  (the model wrote {text!r}, not an answer; Python: {truth})")
+        print(f"{prompt}?  (the model wrote {text!r}, not an answer; Python: {truth})")
         return 1
     shown = f"{answer[0]}" if answer[1] is None else f"{answer[0]} r {answer[1]}"
     verdict = "correct" if answer == problem.result else f"WRONG, Python says {truth}"
-    print(f"{problem.prompt}{shown}  ({verdict})")
+    print(f"{prompt}{shown}  ({verdict})")
     return 0 if answer == problem.result else 1
 
 

@@ -21,13 +21,14 @@ import torch
 from quillgpt.config import ArithmeticConfig, RunConfig
 from quillgpt.data import TokenDataset, TrainingData, resolve_dataset
 from quillgpt.errors import ConfigError, DataError
-from quillgpt.tasks.arithmetic import ALPHABET, Problem, ProblemBatches, problems, sample_text
+from quillgpt.tasks.arithmetic import ALPHABET, BASE_ALPHABET, Problem, ProblemBatches, problems, sample_text
 from quillgpt.tokenizers import CharTokenizer
 
 
-def arithmetic_tokenizer() -> CharTokenizer:
-    """One token per character of the arithmetic alphabet, ids in ``ALPHABET`` order."""
-    return CharTokenizer(list(ALPHABET))
+def arithmetic_tokenizer(fmt: str) -> CharTokenizer:
+    """One token per character of the arithmetic alphabet, ids in ``ALPHABET`` order (the
+    place-hint letters only for the hinted format, which alone uses them)."""
+    return CharTokenizer(list(ALPHABET if fmt == "hinted" else BASE_ALPHABET))
 
 
 def extreme_problems(ops: str, digits: int) -> list[Problem]:
@@ -45,7 +46,7 @@ class ArithmeticDataset:
             raise ConfigError("no arithmetic task given: pass --task add|sub|mul|div|calc")
         config.validate()
         self.config = dataclasses.replace(config)  # a copy: the sets must not change under us
-        self.tokenizer = arithmetic_tokenizer()
+        self.tokenizer = arithmetic_tokenizer(config.format)
         try:
             self.train_pool = (problems(config.ops, config.digits, config.train_examples, config.data_seed, "train")
                                if config.train_examples else None)

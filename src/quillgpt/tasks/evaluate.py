@@ -18,7 +18,16 @@ import torch
 
 from quillgpt.errors import QuillError
 from quillgpt.sample import stream
-from quillgpt.tasks.arithmetic import ALPHABET, OPS, Problem, answer_text, check_steps, encode, parse_answer
+from quillgpt.tasks.arithmetic import (
+    ALPHABET,
+    OPS,
+    Problem,
+    answer_text,
+    check_steps,
+    encode,
+    parse_answer,
+    prompt_text,
+)
 
 NEWLINE = encode("\n")[0]
 
@@ -47,6 +56,7 @@ def carries(problem: Problem) -> int | None:
 @dataclass
 class Attempt:
     problem: Problem
+    prompt: str  # what the model was given
     completion: str  # what the model wrote after the prompt, up to the delimiter
     correct: bool
     steps_ok: bool | None  # scratchpad: were all steps true equations?
@@ -76,15 +86,17 @@ def attempt_all(model: torch.nn.Module, problems: list[Problem], fmt: str, devic
                 batch_size: int = 500) -> list[Attempt]:
     """Each problem decoded greedily (batched by prompt length, so positions line up)."""
     attempts: dict[Problem, Attempt] = {}
-    by_length = sorted(problems, key=lambda p: len(p.prompt))
-    for _, group in groupby(by_length, key=lambda p: len(p.prompt)):
+    prompts = {p: prompt_text(p, fmt) for p in problems}
+    by_length = sorted(problems, key=lambda p: len(prompts[p]))
+    for _, group in groupby(by_length, key=lambda p: len(prompts[p])):
         group = list(group)
         for start in range(0, len(group), batch_size):
             chunk = group[start:start + batch_size]
             longest = max(len(answer_text(p, fmt)) for p in chunk) + 1  # room for the delimiter
-            for problem, text in zip(chunk, complete(model, [p.prompt for p in chunk], longest, device),
+            for problem, text in zip(chunk, complete(model, [prompts[p] for p in chunk], longest, device),
                                      strict=True):
-                attempts[problem] = Attempt(problem, text, parse_answer(text, problem.op, fmt) == problem.result,
+                correct = parse_answer(text, problem.op, fmt) == problem.result
+                attempts[problem] = Attempt(problem, prompts[problem], text, correct,
                                             check_steps(text) if fmt == "scratchpad" else None)
     return [attempts[p] for p in problems]
 
@@ -115,7 +127,7 @@ class Report:
                                  for k, (c, n) in self.breakdown(key).items()}
                    for key in ("op", "length", "carries")},
                 "steps_valid": (sum(steps) / len(steps)) if steps else None,
-                "wrong_examples": [f"{a.problem.prompt}{a.completion}" for a in self.attempts if not a.correct][:10]}
+                "wrong_examples": [f"{a.prompt}{a.completion}" for a in self.attempts if not a.correct][:10]}
 
     def format(self, title: str) -> str:
         lines = [f"{title}: {sum(a.correct for a in self.attempts)}/{len(self.attempts)} exact = "
@@ -128,7 +140,7 @@ class Report:
         steps = [a.steps_ok for a in self.attempts if a.steps_ok is not None]
         if steps:
             lines.append(f"  scratchpad steps all true: {100 * sum(steps) / len(steps):.1f}%")
-        wrong = [f"{a.problem.prompt}{a.completion}" for a in self.attempts if not a.correct][:3]
+        wrong = [f"{a.prompt}{a.completion}" for a in self.attempts if not a.correct][:3]
         if wrong:
             lines.append("  e.g. wrong: " + "   ".join(wrong))
         return "\n".join(lines)
