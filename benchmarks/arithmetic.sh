@@ -19,7 +19,7 @@ for preset in "${presets[@]}"; do
   [ "$preset" = mul2-scratchpad ] && n=800  # 2-digit x 2-digit has only ~1,000 test-split problems in all
   "$QUILL" task eval "$run" --n "$n" --eval-seed 1000 | tee "$OUT/arith-$preset-eval.txt"
   "$QUILL" task eval "$run" --n "$n" --eval-seed 1000 --json > "$OUT/arith-$preset-eval.json"
-  if [ "$preset" = add3-reversed ] || [ "$preset" = add3-plain ]; then
+  if [ "${preset#add3}" != "$preset" ]; then  # every add3 preset: also operands of up to 5 digits
     "$QUILL" task eval "$run" --digits 5 --n 2000 --eval-seed 1000 | tee "$OUT/arith-$preset-length5.txt"
   fi
 done
