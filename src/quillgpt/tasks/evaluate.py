@@ -120,14 +120,22 @@ class Report:
             out[value][1] += 1
         return {k: (v[0], v[1]) for k, v in sorted(out.items(), key=lambda kv: str(kv[0]).zfill(3))}
 
-    def to_dict(self) -> dict[str, object]:
+    @property
+    def steps_valid(self) -> float | None:
+        """Share of scratchpad answers whose every step is a true equation (None: no scratchpad)."""
         steps = [a.steps_ok for a in self.attempts if a.steps_ok is not None]
+        return sum(steps) / len(steps) if steps else None
+
+    def wrong(self, limit: int) -> list[str]:
+        """Up to ``limit`` wrong answers, prompt and completion as the model saw and wrote them."""
+        return [f"{a.prompt}{a.completion}" for a in self.attempts if not a.correct][:limit]
+
+    def to_dict(self) -> dict[str, object]:
         return {"n": len(self.attempts), "accuracy": self.accuracy,
                 **{f"by_{key}": {str(k): {"correct": c, "n": n, "accuracy": c / n}
                                  for k, (c, n) in self.breakdown(key).items()}
                    for key in ("op", "length", "carries")},
-                "steps_valid": (sum(steps) / len(steps)) if steps else None,
-                "wrong_examples": [f"{a.prompt}{a.completion}" for a in self.attempts if not a.correct][:10]}
+                "steps_valid": self.steps_valid, "wrong_examples": self.wrong(10)}
 
     def format(self, title: str) -> str:
         lines = [f"{title}: {sum(a.correct for a in self.attempts)}/{len(self.attempts)} exact = "
@@ -137,12 +145,10 @@ class Report:
             if len(table) > 1 or key == "length":
                 cells = ", ".join(f"{k}: {100 * c / n:.1f}% ({n})" for k, (c, n) in table.items())
                 lines.append(f"  by {label}: {cells}")
-        steps = [a.steps_ok for a in self.attempts if a.steps_ok is not None]
-        if steps:
-            lines.append(f"  scratchpad steps all true: {100 * sum(steps) / len(steps):.1f}%")
-        wrong = [f"{a.prompt}{a.completion}" for a in self.attempts if not a.correct][:3]
-        if wrong:
-            lines.append("  e.g. wrong: " + "   ".join(wrong))
+        if self.steps_valid is not None:
+            lines.append(f"  scratchpad steps all true: {100 * self.steps_valid:.1f}%")
+        if self.wrong(3):
+            lines.append("  e.g. wrong: " + "   ".join(self.wrong(3)))
         return "\n".join(lines)
 
 
