@@ -136,6 +136,15 @@ class GPT(LanguageModel):
                 loss_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position of ``idx`` (B, T); with ``kv_cache``, ``idx`` continues the cached tokens."""
+        logits = self.lm_head(self.features(idx, kv_cache))  # (B, T, vocab)
+        loss = None if targets is None else language_model_loss(logits, targets, loss_mask)
+        return logits, loss
+
+    def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """The final normalized hidden state of every position (B, T, n_embd): what lm_head reads.
+
+        Reward and value heads (quillgpt.posttrain) read the same features.
+        """
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.block_size:
@@ -150,6 +159,4 @@ class GPT(LanguageModel):
             for layer, block in enumerate(self.blocks):
                 x = block(x, kv_cache, layer)
             kv_cache.length += T
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
-        loss = None if targets is None else language_model_loss(logits, targets, loss_mask)
-        return logits, loss
+        return self.ln_f(x)
