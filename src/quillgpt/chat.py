@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from quillgpt.errors import DataError, TokenizerError
-from quillgpt.tokenizers import Tokenizer
+from quillgpt.tokenizers import CharTokenizer, Tokenizer
 
 ROLES = ("system", "user", "assistant")
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
@@ -142,3 +142,20 @@ def read_conversations(path: str | Path) -> list[list[Message]]:
         raise DataError(f"{path} has no examples: add JSONL lines like "
                         '{"prompt": "What is 2 plus 2?", "response": "4"}')
     return conversations
+
+
+def with_chat_tokens(base: Tokenizer | None, text: str) -> Tokenizer:
+    """A tokenizer that encodes ``text`` and has the chat tokens, keeping every id of ``base``.
+
+    A BPE already has both. A character tokenizer gets the missing characters and then the
+    missing chat tokens appended, so a model trained with ``base`` keeps its embeddings (see
+    ``pretrained.adapt_vocabulary``). With no base, the characters of ``text`` in sorted order.
+    """
+    if base is not None and not isinstance(base, CharTokenizer):
+        require_chat_format(base, "the tokenizer")
+        return base
+    chars = list(base.chars) if base else []
+    specials = list(base.specials) if base else []
+    chars += sorted(set(text) - set(chars))
+    specials += [name for name in CHAT_TOKENS if name not in specials]
+    return CharTokenizer(chars, specials)
