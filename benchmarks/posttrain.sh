@@ -26,7 +26,7 @@ stage sft && timed sft1 "$QUILL" sft "$RUNS/base" --chat-ops + --chat-digits 2 -
   --eval-interval 200 --out-dir "$RUNS/sft1" --overwrite --no-progress
 stage sft && timed sft "$QUILL" sft "$RUNS/sft1" --chat-ops + --chat-digits 2 --max-iters 1500 --lr 1e-3 \
   --warmup-iters 20 --eval-interval 300 --out-dir "$RUNS/sft" --overwrite --no-progress
-stage rm && timed rm "$QUILL" reward train "$RUNS/sft" "${TASK[@]}" --val-pairs 500 --steps 1500 --eval-interval 250 \
+stage rm && timed rm "$QUILL" reward train "$RUNS/sft" "${TASK[@]}" --val-pairs 500 --steps 800 --eval-interval 100 \
   --out-dir "$RUNS/rm" --overwrite --no-progress
 stage grpo && timed grpo "$QUILL" rl grpo "$RUNS/sft" "${TASK[@]}" --steps 150 --lr 1e-4 --eval-interval 25 \
   --out-dir "$RUNS/grpo" --overwrite --no-progress

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from quillgpt.posttrain.objectives import AdaptiveKL, clipped_policy_loss, group_advantages, kl_estimate
-from quillgpt.posttrain.rl import RLConfig
+from quillgpt.posttrain.rl import RLConfig, optimizer_for
 from quillgpt.posttrain.rollout import RolloutBatch, entropy, masked_mean, token_logprobs
 
 
@@ -42,7 +42,7 @@ class GRPO:
 
     def __init__(self, policy: nn.Module, reference: nn.Module, config: RLConfig) -> None:
         self.policy, self.reference, self.config = policy, reference, config
-        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0, betas=(0.9, 0.95))
+        self.optimizer, self.schedule = optimizer_for(policy, config.lr, config.warmup)
         self.kl = AdaptiveKL(config.kl_coef, config.kl_target, config.kl_horizon)
         self.generator = torch.Generator().manual_seed(config.seed)
 
@@ -66,6 +66,7 @@ class GRPO:
                 nn.utils.clip_grad_norm_(self.policy.parameters(), c.grad_clip)
                 self.optimizer.step()
                 ent.append(float(masked_mean(entropy(logits.detach()), mask[rows])))
+        self.schedule.step()
         kl = kl_per_reply(old_logp, ref_logp, mask)
         coef = self.kl.coef
         self.kl.update(kl, batch.ids.size(0))

@@ -20,7 +20,7 @@ from torch import nn
 from quillgpt.posttrain.grpo import kl_per_reply, minibatches, sampled_logprobs
 from quillgpt.posttrain.objectives import AdaptiveKL, clipped_policy_loss, clipped_value_loss, gae, whiten
 from quillgpt.posttrain.reward import RewardModel, load_reward_model
-from quillgpt.posttrain.rl import RLConfig
+from quillgpt.posttrain.rl import RLConfig, optimizer_for
 from quillgpt.posttrain.rollout import RolloutBatch, entropy, masked_mean, token_logprobs
 
 
@@ -46,7 +46,7 @@ class PPO:
     def __init__(self, policy: nn.Module, reference: nn.Module, config: RLConfig) -> None:
         self.policy, self.reference, self.config = policy, reference, config
         self.value = value_model_for(policy, config)
-        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0, betas=(0.9, 0.95))
+        self.optimizer, self.schedule = optimizer_for(policy, config.lr, config.warmup)
         self.value_optimizer = torch.optim.AdamW(self.value.parameters(), lr=config.value_lr, weight_decay=0.0)
         self.kl = AdaptiveKL(config.kl_coef, config.kl_target, config.kl_horizon)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -82,6 +82,7 @@ class PPO:
                 ent.append(float(masked_mean(entropy(logits.detach()), mask[rows])))
                 ratio = torch.exp(logp.detach() - old_logp[rows])
                 clipped.append(float(masked_mean(((ratio - 1).abs() > c.clip).float(), mask[rows])))
+        self.schedule.step()
         kl = kl_per_reply(old_logp, ref_logp, mask)
         coef = self.kl.coef
         self.kl.update(kl, batch.ids.size(0))

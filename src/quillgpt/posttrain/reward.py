@@ -30,6 +30,7 @@ from quillgpt.chat import Message, encode_conversation, read_jsonl, require_chat
 from quillgpt.checkpoint import LoadedRun, load_run, read_tensors, write_checkpoint, write_run_files
 from quillgpt.errors import CheckpointError, ConfigError, DataError
 from quillgpt.fsutil import atomic_write_json
+from quillgpt.metrics import MetricsLog
 from quillgpt.posttrain.objectives import bradley_terry_loss, pairwise_accuracy
 from quillgpt.tasks.questions import fresh_questions, questions, wrong_answer
 from quillgpt.tokenizers import Tokenizer
@@ -186,6 +187,9 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
     rng = random.Random(config.seed)
     history: list[dict[str, Any]] = []
+    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(Path(config.out_dir) / "metrics.jsonl")
+    log.path.unlink(missing_ok=True)
     tic = time.perf_counter()
     bar = tqdm(range(1, config.steps + 1), desc="reward model", disable=not progress, leave=False)
     for step in bar:
@@ -201,8 +205,11 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
         if step % config.eval_interval == 0 or step == config.steps:
             held_out = evaluate_pairs(model, base.tokenizer, val_pairs)
             history.append({"step": step, "train_loss": loss.item(), "train_accuracy": pairwise_accuracy(
-                chosen.detach(), rejected.detach()), **{f"val_{k}": v for k, v in held_out.items()}})
-            bar.set_postfix(val_acc=f"{held_out['accuracy']:.3f}")
+                chosen.detach(), rejected.detach()), **{f"val_{k}": v for k, v in held_out.items()},
+                "seconds": time.perf_counter() - tic})
+            log.append({"kind": "eval", **history[-1]})
+            tqdm.write(f"  step {step:>5}: train loss {loss.item():.4f}, held-out pairwise accuracy "
+                       f"{100 * held_out['accuracy']:.2f}% ({history[-1]['seconds']:.0f} s)")
     summary = {"steps": config.steps, "seconds": time.perf_counter() - tic, "val_pairs": len(val_pairs),
                **history[-1], "history": history}
     save_reward_model(Path(config.out_dir), model, base, config, summary)

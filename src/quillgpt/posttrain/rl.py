@@ -51,6 +51,7 @@ class RLConfig:
     temperature: float = 1.0
     top_k: int = 0  # 0: the full distribution (what the policy gradient assumes)
     lr: float = 3e-5
+    warmup: int = 10  # steps of linear learning-rate warmup (Adam's first steps are sign-sized: keep them small)
     epochs: int = 1  # passes over each batch of rollouts
     minibatches: int = 1  # optimizer steps per pass
     clip: float = 0.2  # PPO ratio clip (both algorithms)
@@ -117,6 +118,13 @@ def model_reward(path: str, tokenizer: Tokenizer, unfinished: float, device: tor
         finished = torch.tensor([r.finished for r in rollouts])
         return torch.where(finished, scores, torch.full_like(scores, unfinished))
     return score
+
+
+def optimizer_for(model: nn.Module, lr: float, warmup: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW with a linear warmup over ``warmup`` RL steps (the scheduler steps once per RL step)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)))
+    return optimizer, schedule
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
