@@ -400,3 +400,9 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _check_positive(name: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value}")
+
+
+def check_positive_fields(config: Any, *names: str) -> None:
+    """A one-line ConfigError for the first of ``names`` that is not a positive integer."""
+    for name in names:
+        _check_positive(name, getattr(config, name))

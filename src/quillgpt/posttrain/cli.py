@@ -124,13 +124,26 @@ def _out_dir(given: str, base: str, suffix: str, overwrite: bool) -> str:
     return str(out)
 
 
-def cmd_reward_train(args: argparse.Namespace) -> int:
+def _configured(args: argparse.Namespace, cls: type, section: str, suffix: str, defaults: dict | None = None) -> Any:
+    """The command's config dataclass from its flags (over ``defaults``), validated, with its output directory."""
     from quillgpt.cli import dataclass_overrides
+
+    config = cls(**{**(defaults or {}), **dataclass_overrides(args, cls, section)})
+    config.validate()
+    config.out_dir = _out_dir(config.out_dir, args.run_dir, suffix, args.overwrite)
+    return config
+
+
+def _print_outcome(summary: dict[str, Any], kl_what: str) -> None:
+    print(f"held-out exact match {100 * summary['start_accuracy']:.2f}% -> {100 * summary['accuracy']:.2f}% "
+          f"({summary['held_out']} questions); KL to the reference {summary['kl']:.3f} nats per reply ({kl_what}); "
+          f"{summary['seconds']:.0f} s")
+
+
+def cmd_reward_train(args: argparse.Namespace) -> int:
     from quillgpt.posttrain.reward import RewardConfig, describe, train_reward_model
 
-    config = RewardConfig(**dataclass_overrides(args, RewardConfig, "reward"))
-    config.validate()
-    config.out_dir = _out_dir(config.out_dir, args.run_dir, "rm", args.overwrite)
+    config = _configured(args, RewardConfig, "reward", "rm")
     base = load_init(args.run_dir)
     print(f"training a reward model from {base.run_dir} ({base.checkpoint.name}) on {config.data} pairs")
     summary = train_reward_model(base, config, progress=not args.no_progress)
@@ -165,16 +178,11 @@ PPO_DEFAULTS = {"prompts_per_step": 64, "samples_per_prompt": 2, "epochs": 4, "m
 
 
 def cmd_rl(args: argparse.Namespace) -> int:
-    from quillgpt.cli import dataclass_overrides
     from quillgpt.posttrain.rl import RLConfig, RLRun
 
-    given = dataclass_overrides(args, RLConfig, "rl")
-    defaults = dict(PPO_DEFAULTS) if args.algorithm == "ppo" else {}
-    if args.algorithm == "ppo" and "reward" not in given:
+    if args.algorithm == "ppo" and getattr(args, "rl.reward", None) is None:
         raise ConfigError("PPO needs a reward: --reward model:RM_DIR (quill reward train) or task:arithmetic")
-    config = RLConfig(**{**defaults, **given})
-    config.validate()
-    config.out_dir = _out_dir(config.out_dir, args.run_dir, args.algorithm, args.overwrite)
+    config = _configured(args, RLConfig, "rl", args.algorithm, PPO_DEFAULTS if args.algorithm == "ppo" else {})
     from quillgpt.posttrain.grpo import GRPO
     from quillgpt.posttrain.ppo import PPO
 
@@ -185,26 +193,20 @@ def cmd_rl(args: argparse.Namespace) -> int:
     print(f"{args.algorithm} from {policy.run_dir} ({policy.checkpoint.name}), reward {config.reward}: "
           f"{config.steps} steps of {config.prompts_per_step} questions x {config.samples_per_prompt} samples")
     summary = run.train()
-    print(f"held-out exact match {100 * summary['start_accuracy']:.2f}% -> {100 * summary['accuracy']:.2f}% "
-          f"({summary['held_out']} questions); KL to the reference {summary['kl']:.3f} nats per reply (last 10 "
-          f"steps); {summary['seconds']:.0f} s\n{summary['final_report']}")
+    _print_outcome(summary, "mean of the last 10 steps")
+    print(summary["final_report"])
     print(f"saved {config.out_dir} (curves: {config.out_dir}/rl.png); next: quill chat {config.out_dir}")
     return 0
 
 
 def cmd_dpo(args: argparse.Namespace) -> int:
-    from quillgpt.cli import dataclass_overrides
     from quillgpt.posttrain.dpo import DPOConfig, train_dpo
 
-    config = DPOConfig(**dataclass_overrides(args, DPOConfig, "dpo"))
-    config.validate()
-    config.out_dir = _out_dir(config.out_dir, args.run_dir, "dpo", args.overwrite)
+    config = _configured(args, DPOConfig, "dpo", "dpo")
     policy = load_init(args.run_dir)
     print(f"dpo from {policy.run_dir} ({policy.checkpoint.name}) on {config.data} pairs, beta {config.beta}")
     summary = train_dpo(policy, config, progress=not args.no_progress)
-    print(f"held-out exact match {100 * summary['start_accuracy']:.2f}% -> {100 * summary['accuracy']:.2f}% "
-          f"({summary['held_out']} questions); KL to the reference {summary['kl']:.3f} nats per reply; "
-          f"{summary['seconds']:.0f} s")
+    _print_outcome(summary, "on sampled replies to held-out questions")
     print(f"saved {config.out_dir}; next: quill chat {config.out_dir}")
     return 0
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from quillgpt.chat import Message, encode_conversation, end_id, require_chat_format
 from quillgpt.checkpoint import LoadedRun
+from quillgpt.config import check_positive_fields
 from quillgpt.errors import ConfigError
 from quillgpt.metrics import MetricsLog
 from quillgpt.posttrain.evaluate import ChatReport, answer_all
@@ -51,9 +52,7 @@ class DPOConfig:
     out_dir: str = ""
 
     def validate(self) -> None:
-        for name in ("digits", "val_pairs", "steps", "batch_size", "eval_interval", "eval_questions"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_positive_fields(self, "digits", "val_pairs", "steps", "batch_size", "eval_interval", "eval_questions")
         if not (self.lr > 0 and self.beta > 0):
             raise ConfigError("lr and beta must be > 0")
 

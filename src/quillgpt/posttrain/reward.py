@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from quillgpt.chat import Message, encode_conversation, read_jsonl, require_chat_format
 from quillgpt.checkpoint import LoadedRun, load_run, read_tensors, write_checkpoint, write_run_files
+from quillgpt.config import check_positive_fields
 from quillgpt.errors import CheckpointError, ConfigError, DataError
 from quillgpt.fsutil import atomic_write_json
 from quillgpt.metrics import MetricsLog
@@ -83,9 +84,7 @@ class RewardConfig:
     out_dir: str = ""
 
     def validate(self) -> None:
-        for name in ("digits", "val_pairs", "steps", "batch_size", "eval_interval"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_positive_fields(self, "digits", "val_pairs", "steps", "batch_size", "eval_interval")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
 

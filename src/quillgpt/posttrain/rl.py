@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from quillgpt.chat import end_id, prompt_ids, require_chat_format
 from quillgpt.checkpoint import LoadedRun, write_checkpoint, write_run_files
+from quillgpt.config import check_positive_fields
 from quillgpt.errors import ConfigError
 from quillgpt.fsutil import atomic_write, atomic_write_json
 from quillgpt.metrics import MetricsLog
@@ -73,10 +74,8 @@ class RLConfig:
     out_dir: str = ""
 
     def validate(self) -> None:
-        for name in ("digits", "steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "epochs",
-                     "minibatches", "eval_interval", "eval_questions"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_positive_fields(self, "digits", "steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens",
+                              "epochs", "minibatches", "eval_interval", "eval_questions")
         if not (self.lr > 0 and self.temperature > 0):
             raise ConfigError("lr and temperature must be > 0")
         if self.kl_coef < 0 or self.kl_target < 0 or not 0 < self.clip < 1:
