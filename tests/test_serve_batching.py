@@ -11,7 +11,7 @@ from quillgpt.config import ModelConfig
 from quillgpt.models.gpt import GPT
 from quillgpt.sample import generate
 from quillgpt.serve.batching import RaggedKVCache, RowParams, sample_rows
-from quillgpt.serve.scheduler import QueueFull, Scheduler, Sequence
+from quillgpt.serve.scheduler import QueueFullError, Scheduler, Sequence
 
 
 def tiny_gpt(block_size: int = 16, vocab: int = 23) -> GPT:
@@ -115,5 +115,5 @@ def test_queue_bound_is_enforced() -> None:
     scheduler = Scheduler(tiny_gpt(), max_batch=1, max_queue=2)  # not started: nothing leaves the queue
     seq = lambda: Sequence([1], 1, RowParams(), torch.Generator(), lambda t: None)  # noqa: E731
     scheduler.submit([seq(), seq()])
-    with pytest.raises(QueueFull):
+    with pytest.raises(QueueFullError):
         scheduler.submit([seq()])

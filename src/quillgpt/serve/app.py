@@ -42,7 +42,7 @@ from quillgpt.checkpoint import LoadedRun
 from quillgpt.errors import QuillError
 from quillgpt.serve.batching import RowParams
 from quillgpt.serve.inspect import inspect, top_alternatives
-from quillgpt.serve.scheduler import QueueFull, Scheduler, Sequence
+from quillgpt.serve.scheduler import QueueFullError, Scheduler, Sequence
 from quillgpt.tokenizers import StreamDecoder, Tokenizer
 
 
@@ -294,18 +294,22 @@ class Server:
         choices = [Choice(StreamDecoder(self.tokenizer), sampling.stops) for _ in seqs]
         try:
             self.scheduler.submit(seqs)
-        except QueueFull as exc:
+        except QueueFullError as exc:
             raise APIError(503, f"the server is busy ({exc}): retry after {self.options.retry_after_s} s",
                            kind="server_error", code="queue_full",
                            headers={"Retry-After": str(self.options.retry_after_s)}) from None
         open_choices = set(range(len(seqs)))
+        checked = time.monotonic()
         try:
             while open_choices:
+                # Without a stream, a client that hangs up is only noticed by asking (every 0.25 s).
+                if watch_disconnect and time.monotonic() - checked > 0.25:
+                    if await request.is_disconnected():
+                        return
+                    checked = time.monotonic()
                 try:
                     items = [await asyncio.wait_for(queue.get(), timeout=0.25)]
                 except asyncio.TimeoutError:
-                    if watch_disconnect and await request.is_disconnected():
-                        return
                     continue
                 while not queue.empty():  # a slow reader gets every waiting token in one piece
                     items.append(queue.get_nowait())

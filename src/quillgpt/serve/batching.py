@@ -57,9 +57,9 @@ class RaggedKVCache(KVCache):
     def reset(self) -> None:
         self.lengths.zero_()
 
-    def positions(self, T: int) -> torch.Tensor:
-        """(B, T) absolute positions of the next T tokens of every row."""
-        return self.lengths[:, None] + torch.arange(T, device=self.lengths.device)
+    def positions(self, n: int) -> torch.Tensor:
+        """(B, n) absolute positions of the next n tokens of every row."""
+        return self.lengths[:, None] + torch.arange(n, device=self.lengths.device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write each row's (nh, T, hs) new keys/values at its own positions; return every row up to the longest."""
@@ -74,10 +74,10 @@ class RaggedKVCache(KVCache):
         self.values[layer][rows, :, where] = v.transpose(1, 2)
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
-    def row_mask(self, T: int) -> torch.Tensor:
-        """(B, 1, T, L) bool, True where query t of row b may see key j: j <= lengths[b] + t."""
-        keys = torch.arange(self.length + T, device=self.lengths.device)  # (L,)
-        last = self.positions(T)  # (B, T): the position of each query, the last key it may see
+    def row_mask(self, n: int) -> torch.Tensor:
+        """(B, 1, n, L) bool, True where new query t of row b may see key j: j <= lengths[b] + t."""
+        keys = torch.arange(self.length + n, device=self.lengths.device)  # (L,)
+        last = self.positions(n)  # (B, T): the position of each query, the last key it may see
         return (keys[None, None, :] <= last[:, :, None])[:, None]
 
     def advance(self, n: int) -> None:

@@ -1,7 +1,7 @@
 """The generation loop behind the server: one thread, one model, many sequences at once.
 
 Requests put ``Sequence`` objects on a bounded queue (``submit``; a full queue raises
-``QueueFull``, which the server answers with 503 and Retry-After). A single worker thread
+``QueueFullError``, which the server answers with 503 and Retry-After). A single worker thread
 loops:
 
 1. admit waiting sequences while the batch has room: run each prompt alone (prefill) into
@@ -35,7 +35,7 @@ from quillgpt.sample import cache_window
 from quillgpt.serve.batching import RaggedKVCache, RowParams, sample_rows
 
 
-class QueueFull(Exception):
+class QueueFullError(Exception):
     """The scheduler already holds as many waiting sequences as it may."""
 
 
@@ -100,10 +100,10 @@ class Scheduler:
             self._thread = None
 
     def submit(self, sequences: list[Sequence]) -> None:
-        """Queue sequences (all or none): raise QueueFull when they do not fit."""
+        """Queue sequences (all or none): raise QueueFullError when they do not fit."""
         with self._wake:
             if len(self._waiting) + len(sequences) > self.max_queue:
-                raise QueueFull(f"{len(self._waiting)} sequences are already waiting (limit {self.max_queue})")
+                raise QueueFullError(f"{len(self._waiting)} sequences are already waiting (limit {self.max_queue})")
             self._waiting.extend(sequences)
             self._wake.notify()
 
