@@ -39,9 +39,9 @@ class BenchSpec:
     max_tokens: int = 64
     time_limit_s: float = 600.0
     checkpoint: str = "latest"
-    single_requests: int = 6
+    single_requests: int = 10
     mid_clients: int = 8
-    mid_requests: int = 24
+    mid_requests: int = 40
 
     def validate(self) -> None:
         if not Path(self.run_dir).is_dir():
