@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 import torch
+import uvicorn
 
 from quillgpt.cli import main
 from quillgpt.serve.app import ServeOptions, create_app
@@ -270,8 +271,16 @@ def test_inspect_weights_reproduce_each_head(chat_run: Path) -> None:
     torch.testing.assert_close(seen.probs, torch.softmax(logits[0], -1), atol=1e-5, rtol=1e-4)
 
 
-def test_cli_errors_and_all_interfaces(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_errors_and_all_interfaces(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                      monkeypatch: pytest.MonkeyPatch, chat_run: Path) -> None:
     assert main(["serve", str(tmp_path / "missing")]) == 2
     assert "run directory not found" in capsys.readouterr().err
     assert is_all_interfaces("0.0.0.0") and is_all_interfaces("::") and not is_all_interfaces("127.0.0.1")
     assert main(["bench", "serve"]) == 2
+    bound = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: bound.update(host=host, port=port))
+    assert main(["serve", str(chat_run), "--host", "0.0.0.0", "--port", "0"]) == 0
+    assert bound == {"host": "0.0.0.0", "port": 0}
+    assert "warning: listening on all interfaces" in capsys.readouterr().err
+    assert main(["serve", str(chat_run), "--port", "0"]) == 0
+    assert bound["host"] == "127.0.0.1" and "warning" not in capsys.readouterr().err

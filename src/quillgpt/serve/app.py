@@ -282,7 +282,7 @@ class Server:
         return seqs
 
     async def generate(self, request: Request, prompts: list[list[int]], sampling: Sampling,
-                       stop_ids: frozenset[int], watch_disconnect: bool) -> AsyncIterator[tuple[int, str, Choice]]:
+                       stop_ids: frozenset[int]) -> AsyncIterator[tuple[int, str, Choice]]:
         """Yield (choice index, new text, choice) as tokens arrive; cancel everything when done or abandoned."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, int | None]] = asyncio.Queue()
@@ -302,8 +302,9 @@ class Server:
         checked = time.monotonic()
         try:
             while open_choices:
-                # Without a stream, a client that hangs up is only noticed by asking (every 0.25 s).
-                if watch_disconnect and time.monotonic() - checked > 0.25:
+                # A client that hangs up is noticed by asking (every 0.25 s): also while its request
+                # waits in the queue, and without a stream, where no failed write would tell.
+                if time.monotonic() - checked > 0.25:
                     if await request.is_disconnected():
                         return
                     checked = time.monotonic()
@@ -435,7 +436,7 @@ def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
                 "model": server.name}
         if not sampling.stream:
             choices: dict[int, Choice] = {}
-            async for index, _, choice in server.generate(request, prompts, sampling, stop_ids, True):
+            async for index, _, choice in server.generate(request, prompts, sampling, stop_ids):
                 choices[index] = choice
             ordered = [choices[i] for i in sorted(choices)]
             if chat:
@@ -446,7 +447,7 @@ def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
                        for i, c in enumerate(ordered)]
             return {**head, "choices": out, "usage": server.usage(prompts, sampling, ordered)}
         chunk_head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
-        stream = server.generate(request, prompts, sampling, stop_ids, False)
+        stream = server.generate(request, prompts, sampling, stop_ids)
         first = await anext_or_none(stream)  # raises 503 (queue full) here, before the response starts
 
         def chunk(index: int, delta: str, finish: str | None, role: bool = False) -> str:
