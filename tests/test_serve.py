@@ -246,6 +246,7 @@ def test_inspect_endpoint(live: LiveServer) -> None:
     assert len(out["alternatives"]) == 11 and all(len(a) == 3 for a in out["alternatives"])
     probs = [a["prob"] for a in out["alternatives"][0]]
     assert probs == sorted(probs, reverse=True)
+    assert out["token_probs"][0] is None and all(0 < p <= 1 for p in out["token_probs"][1:])
     error_of(httpx.post(live.url + "/v1/inspect", json={"model": "chatty", "text": "hi", "layer": 2}), 400)
     long = httpx.post(live.url + "/v1/inspect", json={"model": "chatty", "text": "ab" * 30}).json()
     assert long["offset"] == 28 and len(long["tokens"]) == 32

@@ -514,6 +514,8 @@ def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
                 "model": server.name, "layer": layer, "head": head, "n_layer": c.n_layer, "n_head": c.n_head,
                 "offset": offset, "token_ids": ids, "tokens": [token_text(server.tokenizer, i) for i in ids],
                 "attention": [[round(w, 4) for w in row[: t + 1]] for t, row in enumerate(weights.tolist())],
+                # P(token t | tokens before it), for t >= 1: how expected each token on screen was.
+                "token_probs": [None] + [round(seen.probs[t - 1, ids[t]].item(), 4) for t in range(1, len(ids))],
                 "alternatives": [[{"token": token_text(server.tokenizer, i), "id": i, "prob": round(p, 4)}
                                   for i, p in zip(row_ids, row_probs, strict=True)]
                                  for row_ids, row_probs in zip(top_ids, top_probs, strict=True)],

@@ -199,6 +199,9 @@ function showAlternatives(i, event) {
       tr.insertCell().textContent = (100 * alt.prob).toFixed(1) + "%";
     }
     tip.appendChild(table);
+    const actual = document.createElement("div");
+    actual.textContent = `here: ${JSON.stringify(r.tokens[i])} at ${(100 * r.token_probs[i]).toFixed(1)}%`;
+    tip.appendChild(actual);
   }
   tip.hidden = false;
   moveTooltip(event);
