@@ -80,6 +80,7 @@ def test_playground_streams_text_and_shows_attention(browser, tmp_path: Path) ->
         token.hover()
         page.wait_for_selector("#tooltip:not([hidden])")
         assert "%" in page.text_content("#tooltip") and "here:" in page.text_content("#tooltip")
+        page.locator("#heatmap").scroll_into_view_if_needed()
         box = page.locator("#heatmap").bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.8)
         assert "attends to" in page.text_content("#cell-info")
