@@ -26,7 +26,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -288,7 +288,8 @@ class Server:
         queue: asyncio.Queue[tuple[int, int | None]] = asyncio.Queue()
 
         def emit(index: int, token: int | None) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, (index, token))
+            with suppress(RuntimeError):  # the event loop is closed: the server is shutting down
+                loop.call_soon_threadsafe(queue.put_nowait, (index, token))
 
         seqs = self.sequences(prompts, sampling, stop_ids, emit)
         choices = [Choice(StreamDecoder(self.tokenizer), sampling.stops) for _ in seqs]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,11 +131,11 @@ class Scheduler:
             try:
                 with self.model_lock:
                     self._step(admitted)
-            except Exception:  # a bug, not bad input: end every open request rather than hang them
+            except Exception:  # a bug, not bad input: end the open requests, report it, keep serving
+                traceback.print_exc()
                 for seq in admitted + self._active:
                     self._finish(seq, "error")
                 self._active, self._next, self._cache = [], [], None
-                raise
         for seq in list(self._waiting) + self._active:
             self._finish(seq, "cancelled")
 
