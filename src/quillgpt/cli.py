@@ -10,6 +10,7 @@
     quill train --preset add3-reversed          teach a GPT 3-digit addition (also mul2-scratchpad, calc3)
     quill task eval RUN_DIR --n 2000            greedy exact-match accuracy on held-out problems
     quill calc RUN_DIR "123*45" --show-work     ask it one problem
+    quill serve RUN_DIR [--port 8000]           OpenAI-compatible server, playground at /
 
 Problems with the user's input end in one line on stderr and exit code 2.
 """
@@ -44,6 +45,7 @@ from quillgpt.posttrain.cli import add_posttrain_commands
 from quillgpt.pretrained import apply_init, check_same_tokenizer, init_model_config, load_init
 from quillgpt.resume import resume_trainer
 from quillgpt.sample import check_sampling, stream
+from quillgpt.serve.cli import add_serve_commands, cmd_bench_serve
 from quillgpt.sources import resolve_text_source
 from quillgpt.tasks.cli import add_task_commands
 from quillgpt.tasks.dataset import open_dataset
@@ -340,6 +342,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from quillgpt import bench
 
+    if args.what == "serve":
+        return cmd_bench_serve(args)
     if args.what == "prepare":
         choice = TokenizerChoice(args.tokenizer or "char", args.vocab_size)
         choice.validate()
@@ -469,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     bench = commands.add_parser("bench", help="measure speed side by side (prints ratios)")
-    bench.add_argument("what", choices=["train", "sample", "prepare"])
+    bench.add_argument("what", choices=["train", "sample", "prepare", "serve"])
     bench.add_argument("--preset", default="seed-gpt", help="model/batch shape to measure (default seed-gpt)")
     bench.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     bench.add_argument("--steps", type=optional_int, default=5, help="timed training steps per variant")
@@ -484,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_task_commands(commands)
     add_posttrain_commands(commands)
+    add_serve_commands(commands)
 
     info = commands.add_parser("info", help="show a run's size, config and losses")
     info.add_argument("run_dir")

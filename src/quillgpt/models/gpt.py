@@ -151,12 +151,15 @@ class GPT(LanguageModel):
             raise ConfigError(f"sequence of {start + T} tokens is longer than block_size {self.block_size}: "
                               "crop the context to the last block_size tokens")
         tok_emb = self.token_embedding_table(idx)  # (B, T, C)
-        pos_emb = self.position_embedding_table(torch.arange(start, start + T, device=idx.device))  # (T, C)
+        if kv_cache is not None and kv_cache.ragged:  # each row continues at its own position: (B, T, C)
+            pos_emb = self.position_embedding_table(kv_cache.positions(T))
+        else:
+            pos_emb = self.position_embedding_table(torch.arange(start, start + T, device=idx.device))  # (T, C)
         x = tok_emb + pos_emb
         if kv_cache is None:
             x = self.blocks(x)
         else:
             for layer, block in enumerate(self.blocks):
                 x = block(x, kv_cache, layer)
-            kv_cache.length += T
+            kv_cache.advance(T)
         return self.ln_f(x)
