@@ -94,6 +94,24 @@ def test_reward_model_learns_to_rank_and_round_trips(tmp_path: Path):
         RewardConfig(steps=0).validate()
 
 
+def test_policy_pairs_are_the_models_own_wrong_answers(tmp_path: Path):
+    from quillgpt.posttrain.reward import policy_pairs
+    from quillgpt.tasks.questions import questions, well_formed
+
+    run = tiny_chat_run(tmp_path)
+    digits = [run.tokenizer.stoi[c] for c in "0123456789"]
+    with torch.no_grad():  # make the untrained model answer with digits, then <|end|>
+        run.model.lm_head.bias.fill_(-10.0)
+        run.model.lm_head.bias[digits] = 5.0
+        run.model.lm_head.bias[run.tokenizer.special_ids["<|end|>"]] = 4.0
+    asked = questions("+", 2, 10, 0, "train")
+    pairs = policy_pairs(run.model, run.tokenizer, asked, samples=4)
+    assert pairs
+    answers = {q.text: q.answer for q in asked}
+    for pair in pairs:
+        assert pair.chosen == answers[pair.prompt] and pair.rejected != pair.chosen and well_formed(pair.rejected)
+
+
 def test_rl_config_errors_are_one_line():
     with pytest.raises(ConfigError, match="unknown reward"):
         RLConfig(reward="magic").validate()
@@ -108,7 +126,7 @@ def test_reward_and_rl_commands(tmp_path: Path, capsys):
                  "--block-size", "40", "--max-iters", "3", "--out-dir", str(sft), "--no-progress"]) == 0
     rm = tmp_path / "rm"
     assert main(["reward", "train", str(sft), "--digits", "2", "--steps", "4", "--val-pairs", "10",
-                 "--eval-interval", "2", "--out-dir", str(rm), "--no-progress"]) == 0
+                 "--policy-pairs", "4", "--eval-interval", "2", "--out-dir", str(rm), "--no-progress"]) == 0
     assert "pairwise accuracy" in capsys.readouterr().out
     assert main(["reward", "score", str(rm), "--prompt", "What is 1 plus 2?", "--response", "3"]) == 0
     float(capsys.readouterr().out)

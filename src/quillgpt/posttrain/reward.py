@@ -26,14 +26,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from quillgpt.chat import Message, encode_conversation, read_jsonl, require_chat_format
+from quillgpt.chat import Message, encode_conversation, end_id, prompt_ids, read_jsonl, require_chat_format
 from quillgpt.checkpoint import LoadedRun, load_run, read_tensors, write_checkpoint, write_run_files
 from quillgpt.config import check_positive_fields
 from quillgpt.errors import CheckpointError, ConfigError, DataError
 from quillgpt.fsutil import atomic_write_json
 from quillgpt.metrics import MetricsLog
 from quillgpt.posttrain.objectives import bradley_terry_loss, pairwise_accuracy
-from quillgpt.tasks.questions import fresh_questions, questions, wrong_answer
+from quillgpt.tasks.questions import Question, fresh_questions, questions, well_formed, wrong_answer
 from quillgpt.tokenizers import Tokenizer
 
 HEAD_FILE = "reward_head.safetensors"
@@ -80,6 +80,7 @@ class RewardConfig:
     weight_decay: float = 0.1
     warmup: int = 50
     eval_interval: int = 250
+    policy_pairs: int = 0  # arithmetic: questions whose wrong answers are the SFT model's own samples (half a batch)
     seed: int = 0
     out_dir: str = ""
 
@@ -131,6 +132,29 @@ def split_pairs(config: RewardConfig) -> tuple[list[Pair] | None, list[Pair]]:
     return pairs[n_val:], pairs[:n_val]
 
 
+@torch.no_grad()
+def policy_pairs(model: nn.Module, tokenizer: Tokenizer, asked: list[Question], samples: int = 4,
+                 seed: int = 0) -> list[Pair]:
+    """Pairs whose rejected reply is a wrong answer the model itself samples (temperature 1).
+
+    A reward model trained only on made-up near misses can score the policy's own mistakes
+    highly, and PPO then climbs those scores instead of correctness; comparisons of model
+    samples are also what InstructGPT's labelers ranked.
+    """
+    from quillgpt.posttrain.rollout import sample_replies
+
+    prompts = [prompt_ids(tokenizer, q.messages()) for q in asked for _ in range(samples)]
+    rollouts = sample_replies(model, prompts, 8, end_id(tokenizer), generator=torch.Generator().manual_seed(seed))
+    out, seen = [], set()
+    for i, r in enumerate(rollouts):
+        q = asked[i // samples]
+        reply = tokenizer.decode(r.response[:-1]) if r.finished else ""
+        if well_formed(reply) and reply != q.answer and (q, reply) not in seen:
+            seen.add((q, reply))
+            out.append(Pair(q.text, q.answer, reply))
+    return out
+
+
 def encode_reply(tokenizer: Tokenizer, prompt: str, reply: str) -> list[int]:
     return encode_conversation(tokenizer, [Message("user", prompt), Message("assistant", reply)]).ids
 
@@ -179,6 +203,13 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
     config.validate()
     require_chat_format(base.tokenizer, str(base.run_dir))
     train_pairs, val_pairs = split_pairs(config)
+    own_train, own_val = [], []
+    if config.policy_pairs and config.data == "arithmetic":  # sampled before the backbone starts to change
+        own_train = policy_pairs(base.model, base.tokenizer,
+                                 fresh_questions(random.Random(config.seed + 2), config.ops, config.digits,
+                                                 config.policy_pairs), seed=config.seed)
+        own_val = policy_pairs(base.model, base.tokenizer, [q for q in questions(
+            config.ops, config.digits, config.val_pairs, config.seed + 3, "test")], seed=config.seed + 1)
     torch.manual_seed(config.seed)
     model = RewardModel(base.model)
     model.train()
@@ -192,8 +223,10 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
     tic = time.perf_counter()
     bar = tqdm(range(1, config.steps + 1), desc="reward model", disable=not progress, leave=False)
     for step in bar:
-        batch = (fresh_pairs(rng, config.ops, config.digits, config.batch_size) if train_pairs is None
-                 else [train_pairs[rng.randrange(len(train_pairs))] for _ in range(config.batch_size)])
+        n_own = config.batch_size // 2 if own_train else 0
+        batch = (fresh_pairs(rng, config.ops, config.digits, config.batch_size - n_own) if train_pairs is None
+                 else [train_pairs[rng.randrange(len(train_pairs))] for _ in range(config.batch_size - n_own)])
+        batch += [own_train[rng.randrange(len(own_train))] for _ in range(n_own)]
         chosen, rejected = score_pairs(model, base.tokenizer, batch, batch_size=len(batch))
         loss = bradley_terry_loss(chosen, rejected)
         optimizer.zero_grad(set_to_none=True)
@@ -203,13 +236,17 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
         schedule.step()
         if step % config.eval_interval == 0 or step == config.steps:
             held_out = evaluate_pairs(model, base.tokenizer, val_pairs)
+            own = ({f"val_own_{k}": v for k, v in evaluate_pairs(model, base.tokenizer, own_val).items()}
+                   if own_val else {})
             history.append({"step": step, "train_loss": loss.item(), "train_accuracy": pairwise_accuracy(
-                chosen.detach(), rejected.detach()), **{f"val_{k}": v for k, v in held_out.items()},
+                chosen.detach(), rejected.detach()), **{f"val_{k}": v for k, v in held_out.items()}, **own,
                 "seconds": time.perf_counter() - tic})
             log.append({"kind": "eval", **history[-1]})
+            mine = f", on the model's own wrong answers {100 * own['val_own_accuracy']:.2f}%" if own else ""
             tqdm.write(f"  step {step:>5}: train loss {loss.item():.4f}, held-out pairwise accuracy "
-                       f"{100 * held_out['accuracy']:.2f}% ({history[-1]['seconds']:.0f} s)")
+                       f"{100 * held_out['accuracy']:.2f}%{mine} ({history[-1]['seconds']:.0f} s)")
     summary = {"steps": config.steps, "seconds": time.perf_counter() - tic, "val_pairs": len(val_pairs),
+               "policy_pairs": len(own_train), "val_own_pairs": len(own_val),
                **history[-1], "history": history}
     save_reward_model(Path(config.out_dir), model, base, config, summary)
     return summary
@@ -238,9 +275,11 @@ def load_reward_model(run_dir: str | Path, device: str | torch.device = "cpu") -
 
 
 def describe(summary: dict[str, Any]) -> str:
+    own = (f"; {100 * summary['val_own_accuracy']:.2f}% on {summary['val_own_pairs']} held-out pairs against the "
+           "model's own wrong answers" if summary.get("val_own_pairs") else "")
     return (f"reward model: held-out pairwise accuracy {100 * summary['val_accuracy']:.2f}% on "
-            f"{summary['val_pairs']} pairs (loss {summary['val_loss']:.4f}, mean margin {summary['val_margin']:.2f}); "
-            f"{summary['steps']} steps in {summary['seconds']:.0f} s")
+            f"{summary['val_pairs']} pairs (loss {summary['val_loss']:.4f}, mean margin {summary['val_margin']:.2f})"
+            f"{own}; {summary['steps']} steps in {summary['seconds']:.0f} s")
 
 
 def pairs_to_jsonl(pairs: list[Pair]) -> str:
