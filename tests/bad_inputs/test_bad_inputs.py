@@ -263,6 +263,17 @@ CLI_CASES = [
     ("task eval on a text run", None, ["task", "eval", "runs/ok"], "not trained on an arithmetic task"),
     ("calc on a text run", None, ["calc", "runs/ok", "1+1"], "not trained on an arithmetic task"),
     ("calc a missing run", None, ["calc", "runs/nope", "1+1"], "run directory not found: runs/nope"),
+    # post-training
+    ("sft a missing data file", None, ["sft", "runs/ok", "--data", "nope.jsonl"], "no such file: nope.jsonl"),
+    ("sft a line without a reply", write("bad.jsonl", '{"prompt": "a"}\n{"prompt": "b", "response": "c"}\n'),
+     ["sft", "runs/ok", "--data", "bad.jsonl"], "bad.jsonl line 1: expected an object with 'messages'"),
+    ("chat with a text run", None, ["chat", "runs/ok"], "has no chat tokens"),
+    ("rl unknown reward", None, ["rl", "grpo", "runs/ok", "--reward", "magic"], "unknown reward 'magic'"),
+    ("rl on a text run", None, ["rl", "grpo", "runs/ok"], "has no chat tokens"),
+    ("reward model of a text run", None, ["reward", "train", "runs/ok", "--steps", "1"], "has no chat tokens"),
+    ("reward score with no reward model", None, ["reward", "score", "runs/ok", "--prompt", "a", "--response", "b"],
+     "not a reward model"),
+    ("dpo on a text run", None, ["dpo", "runs/ok"], "has no chat tokens"),
 ]
 
 

@@ -145,6 +145,7 @@ def cmd_reward_train(args: argparse.Namespace) -> int:
 
     config = _configured(args, RewardConfig, "reward", "rm")
     base = load_init(args.run_dir)
+    require_chat_format(base.tokenizer, str(base.run_dir))
     print(f"training a reward model from {base.run_dir} ({base.checkpoint.name}) on {config.data} pairs")
     summary = train_reward_model(base, config, progress=not args.no_progress)
     print(describe(summary))
@@ -204,6 +205,7 @@ def cmd_dpo(args: argparse.Namespace) -> int:
 
     config = _configured(args, DPOConfig, "dpo", "dpo")
     policy = load_init(args.run_dir)
+    require_chat_format(policy.tokenizer, str(policy.run_dir))
     print(f"dpo from {policy.run_dir} ({policy.checkpoint.name}) on {config.data} pairs, beta {config.beta}")
     summary = train_dpo(policy, config, progress=not args.no_progress)
     _print_outcome(summary, "on sampled replies to held-out questions")
