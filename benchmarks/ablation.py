@@ -6,8 +6,8 @@ Every run is the ``cpu-small`` preset (4 layers, 4 heads, 128 wide, block 64, ba
 AdamW lr 2e-3 cosine to 2e-4) on Tiny Shakespeare with the same seed, so the batches and
 the schedule are the same and only the model differs. ``--steps`` shortens the schedule
 (the cosine decays over the shorter run). One eval, at the end: the val loss is the mean over
-the preset's eval_iters (50) batches of the val split (the same batches for every variant). Writes benchmarks/results/ablation.json and .log
-and prints a markdown table.
+the preset's eval_iters (50) batches of the val split (the same batches for every variant).
+Writes benchmarks/results/ablation.json and .log and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ VARIANTS = {
 def run_variant(name: str, steps: int, work: Path, data: str | None) -> dict:
     flags, _ = VARIANTS[name]
     config = preset("cpu-small").replace({"model": flags, "train": {
-        "max_iters": steps, "eval_interval": steps, "eval_first": False, "sample_chars": 0, "out_dir": str(work / name)}})
+        "max_iters": steps, "eval_interval": steps, "eval_first": False, "sample_chars": 0,
+        "out_dir": str(work / name)}})
     dataset = open_dataset(config, data)
     tic = time.perf_counter()
     trainer = Trainer(config, dataset, work / name)
@@ -77,7 +78,7 @@ def main() -> None:
         sys.exit(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    log = open(results / "ablation.log", "w")
+    log = open(results / "ablation.log", "w")  # noqa: SIM115 (written line by line as runs finish)
 
     def say(line: str) -> None:
         print(line, flush=True)
