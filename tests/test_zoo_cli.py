@@ -64,3 +64,12 @@ def test_parse_models() -> None:
     assert parse_models("gpt, lstm") == ["gpt", "lstm"]
     with pytest.raises(ConfigError, match="choose from"):
         parse_models("gpt,transformer")
+
+
+def test_table_reports_a_failed_model_without_losing_the_others() -> None:
+    from quillgpt.zoo_cli import format_table
+
+    rows = [{"model": "gpt", "parameters": 10, "steps": 5, "tokens_per_s": 100.0, "val_loss": 2.0, "val_bpc": 2.9},
+            {"model": "rnn", "parameters": 7, "steps": 3, "error": "loss became nan at step 3: lower --lr"}]
+    table = format_table(rows)
+    assert "| gpt | 10 | 5 | 100 | 2.0000 | 2.900 |" in table and "| rnn | 7 | 3 | failed: loss became nan" in table

@@ -86,12 +86,16 @@ def zoo_config(name: str, budget_s: float, dataset: str, out_dir: Path, eval_ite
 
 def run_one(name: str, config: RunConfig, data: str | None) -> dict[str, Any]:
     from quillgpt.tasks.dataset import open_dataset
-    from quillgpt.train import Trainer
+    from quillgpt.train import Trainer, TrainingError
 
     run_dir = Path(config.train.out_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # a zoo run directory belongs to the zoo
     trainer = Trainer(config, open_dataset(config, data), run_dir, progress=False)
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    except TrainingError as exc:  # one model diverging should not lose the others' results
+        return {"model": name, "what": ZOO_MODELS[name].what, "parameters": trainer.model.num_parameters(),
+                "steps": trainer.step, "error": str(exc), "run_dir": str(run_dir)}
     train_s = result.seconds - result.eval_seconds
     tokens = result.steps * config.train.batch_size * config.model.block_size
     return {"model": name, "what": ZOO_MODELS[name].what, "parameters": trainer.model.num_parameters(),
@@ -103,6 +107,9 @@ def run_one(name: str, config: RunConfig, data: str | None) -> dict[str, Any]:
 def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | parameters | steps | tokens/s | val loss | val bpc |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['parameters']:,} | {r['steps']:,} | failed: {r['error'][:60]} | | |")
+            continue
         bpc = f"{r['val_bpc']:.3f}" if r.get("val_bpc") is not None else "n/a"
         lines.append(f"| {r['model']} | {r['parameters']:,} | {r['steps']:,} | {r['tokens_per_s']:,.0f} | "
                      f"{r['val_loss']:.4f} | {bpc} |")
@@ -130,8 +137,9 @@ def plot_zoo(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         curves.plot(seconds, losses, label=r["model"])
     curves.set(xlabel="training seconds", ylabel="train loss (nats/token)", title="loss against wall-clock time")
     curves.legend()
-    names = [r["model"] for r in rows]
-    values = [r["val_bpc"] if r.get("val_bpc") is not None else r["val_loss"] for r in rows]
+    done = [r for r in rows if "error" not in r]
+    names = [r["model"] for r in done]
+    values = [r["val_bpc"] if r.get("val_bpc") is not None else r["val_loss"] for r in done]
     bars.bar(names, values, color="tab:blue")
     for i, v in enumerate(values):
         bars.text(i, v, f"{v:.2f}", ha="center", va="bottom")
@@ -168,7 +176,9 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         bar.set_postfix(model=name)
         config = zoo_config(name, budget, args.dataset, out / "runs" / name, args.eval_iters, args.seed)
         rows.append(run_one(name, config, args.data))
-        bar.write(f"{name}: {rows[-1]['steps']:,} steps, val {rows[-1]['val_loss']:.4f}")
+        row = rows[-1]
+        bar.write(f"{name}: {row['steps']:,} steps, " + (f"failed: {row['error']}" if "error" in row
+                                                           else f"val {row['val_loss']:.4f}"))
     bar.close()
     meta = {"date": f"{started:%Y-%m-%d %H:%M} UTC", "budget_s": budget, "dataset": args.dataset,
             "cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
