@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import torch  # noqa: E402
+
 from quillgpt.config import preset  # noqa: E402
 from quillgpt.tasks.dataset import open_dataset  # noqa: E402
 from quillgpt.train import Trainer  # noqa: E402
@@ -71,7 +73,10 @@ def main() -> None:
     parser.add_argument("--work", default="runs/ablation", help="run directories go here")
     parser.add_argument("--data", help="where the Tiny Shakespeare file is, if not in the usual places")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # on a shared, busy CPU one thread avoids OpenMP barrier stalls
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -87,17 +92,20 @@ def main() -> None:
 
     started = datetime.now(timezone.utc)
     say(f"ablation on cpu-small, {args.steps} steps per run, {started:%Y-%m-%d %H:%M} UTC, "
-        f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"python {platform.python_version()}")
     rows = []
     for name in names:
         row = run_variant(name, args.steps, Path(args.work), args.data)
         rows.append(row)
         say(f"{name}: val {row['val_loss']:.4f} (train {row['train_loss']:.4f}), {row['parameters']:,} parameters, "
             f"{row['steps']} steps in {row['seconds']:.0f} s")
+        # after every run, so a run cut short keeps what finished
+        (results / "ablation.json").write_text(json.dumps(
+            {"date": f"{started:%Y-%m-%d}", "preset": "cpu-small", "steps": args.steps,
+             "torch_threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
     say("")
     say(table(rows))
-    (results / "ablation.json").write_text(json.dumps(
-        {"date": f"{started:%Y-%m-%d}", "preset": "cpu-small", "steps": args.steps, "rows": rows}, indent=2) + "\n")
     log.close()
 
 
