@@ -61,7 +61,16 @@ def write_run_files(run_dir: Path, config: RunConfig, tokenizer: Tokenizer, data
 
 
 def _cpu_contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    """CPU copies to save. safetensors refuses two names for one storage (a GPT with tied
+    embedding and lm_head), so a repeated storage is saved as a copy; loading writes both
+    names into the one shared parameter, so the model stays tied."""
+    out, seen = {}, set()
+    for name, value in tensors.items():
+        tensor = value.detach().to("cpu").contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.clone() if storage in seen else tensor
+        seen.add(storage)
+    return out
 
 
 def write_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor],

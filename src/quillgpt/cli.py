@@ -11,6 +11,7 @@
     quill task eval RUN_DIR --n 2000            greedy exact-match accuracy on held-out problems
     quill calc RUN_DIR "123*45" --show-work     ask it one problem
     quill serve RUN_DIR [--port 8000]           OpenAI-compatible server, playground at /
+    quill zoo --budget 5m                       bigram, MLP, CNN, RNN, LSTM, GRU, GPT: same time each
 
 Problems with the user's input end in one line on stderr and exit code 2.
 """
@@ -51,6 +52,7 @@ from quillgpt.tasks.cli import add_task_commands
 from quillgpt.tasks.dataset import open_dataset
 from quillgpt.tokenizers import KINDS, StreamDecoder
 from quillgpt.train import Trainer, resolve_device
+from quillgpt.zoo_cli import add_zoo_command
 
 EXIT_USAGE = 2
 NOT_FLAGS = {"vocab_size"}  # set from the tokenizer, never by hand
@@ -489,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_task_commands(commands)
     add_posttrain_commands(commands)
     add_serve_commands(commands)
+    add_zoo_command(commands)
 
     info = commands.add_parser("info", help="show a run's size, config and losses")
     info.add_argument("run_dir")

@@ -15,9 +15,11 @@ from typing import Any
 
 from quillgpt.errors import ConfigError
 
-ARCHS = ("bigram", "gpt")
+ARCHS = ("bigram", "gpt", "mlp", "cnn", "rnn", "lstm", "gru")  # mlp..gru: the model zoo (models/zoo/)
 ATTENTIONS = ("classic", "fused")
-NORMS = ("torch", "scratch")
+NORMS = ("torch", "scratch", "rms")
+POSITIONS = ("learned", "rope")
+ACTIVATIONS = ("relu", "gelu", "swiglu")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LR_SCHEDULES = ("cosine", "constant")
@@ -39,12 +41,27 @@ class ModelConfig:
     dropout: float = 0.2
     attention: str = "fused"  # "classic": the lecture's per-head loop; "fused": SDPA + fast paths
     norm: str = "torch"  # "scratch": the lecture's hand-written LayerNorm
+    # Paper features, all off by default (the lecture's GPT); benchmarks/ablation.py measures each.
+    # "rms": RMSNorm, LayerNorm without the mean and the bias (Zhang & Sennrich 2019, eq. 4).
+    # position "rope": rotate q and k by their position instead of adding a learned position
+    # table (Su et al. 2021, arXiv 2104.09864, "RoFormer"), so scores depend on the offset only.
+    position: str = "learned"
+    # feed-forward nonlinearity: relu (the lecture), gelu (Hendrycks & Gimpel 2016, arXiv 1606.08415),
+    # swiglu (Shazeer 2020, arXiv 2002.05202: a gated unit, Swish(xW) * xV, then W2)
+    activation: str = "relu"
+    tie_weights: bool = False  # lm_head reuses the token embedding matrix (Press & Wolf 2017, arXiv 1608.05859)
+    # normalize q and k of each head before their dot product (Henry et al. 2020, arXiv 2010.04245;
+    # Dehghani et al. 2023, arXiv 2302.05442, sec. 3.1): bounded attention logits, steadier training
+    qk_norm: bool = False
+    context_len: int = 8  # arch "mlp": how many previous tokens it sees (Bengio et al. 2003's n - 1)
 
     def validate(self) -> None:
         _check_choice("arch", self.arch, ARCHS)
         _check_choice("attention", self.attention, ATTENTIONS)
         _check_choice("norm", self.norm, NORMS)
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        _check_choice("position", self.position, POSITIONS)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "context_len"):
             _check_positive(name, getattr(self, name))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}: use e.g. 0.0 or 0.2")
@@ -54,6 +71,9 @@ class ModelConfig:
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                 f"use e.g. --n-embd {max(lower, self.n_head)} or --n-embd {lower + self.n_head}"
             )
+        if self.arch == "gpt" and self.position == "rope" and self.head_size % 2:
+            raise ConfigError(f"position rope rotates pairs of features, but head_size n_embd / n_head = "
+                              f"{self.head_size} is odd: choose n_embd and n_head with an even quotient")
 
     @property
     def head_size(self) -> int:

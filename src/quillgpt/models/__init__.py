@@ -13,6 +13,10 @@ def build_model(config: ModelConfig) -> LanguageModel:
     config.validate()
     if config.arch == "bigram":
         return BigramLanguageModel(config)
+    from quillgpt.models.zoo import ZOO  # mlp, cnn, rnn, lstm, gru
+
+    if config.arch in ZOO:
+        return ZOO[config.arch](config)
     return GPT(config)
 
 

@@ -17,14 +17,67 @@ from torch import nn
 from quillgpt.models import matvec
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm (Zhang & Sennrich 2019, eq. 4): x / sqrt(mean(x^2) + eps) * weight, over the last dim.
+
+    LayerNorm without re-centering (no mean, no bias): the paper finds the re-scaling is what
+    matters, at a lower cost.
+    """
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoPE; Su et al. 2021, arXiv 2104.09864, eq. 34).
+
+    Features (2i, 2i+1) of a query or key at position m are rotated by the angle m * theta_i,
+    theta_i = 10000^(-2i / head_size). Since a rotation by m then by -n is a rotation by m - n,
+    the score q_m . k_n depends on the tokens and on the offset m - n only, never on m itself.
+    No parameters; the cos/sin tables are rebuilt from block_size, like ``Head.tril``.
+    """
+
+    def __init__(self, head_size: int, block_size: int, base: float = 10000.0) -> None:
+        super().__init__()
+        theta = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (hs/2,)
+        angles = torch.arange(block_size, dtype=torch.float32)[:, None] * theta[None, :]  # (block, hs/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        """Rotate ``x`` (..., T, head_size) whose first position is ``start`` (the KV-cache offset), or
+        (B, nh, T, head_size) at per-row ``start`` positions (B, T) (a ragged KV cache)."""
+        if isinstance(start, torch.Tensor):
+            cos, sin = self.cos[start][:, None].to(x.dtype), self.sin[start][:, None].to(x.dtype)  # (B, 1, T, hs/2)
+        else:
+            T = x.size(-2)
+            cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)
+        pairs = x.unflatten(-1, (-1, 2))  # (..., T, hs/2, 2): (x_2i, x_2i+1)
+        even, odd = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+        return rotated.flatten(-2)
+
+
 class Head(nn.Module):
     """One head of causal self-attention."""
 
-    def __init__(self, n_embd: int, head_size: int, block_size: int, dropout: float) -> None:
+    def __init__(self, n_embd: int, head_size: int, block_size: int, dropout: float,
+                 rope: RotaryEmbedding | None = None, qk_norm: bool = False) -> None:
         super().__init__()
         self.key = nn.Linear(n_embd, head_size, bias=False)
         self.query = nn.Linear(n_embd, head_size, bias=False)
         self.value = nn.Linear(n_embd, head_size, bias=False)
+        self.rope = rope  # shared by all heads; None: positions come from the GPT's position table
+        # QK-norm: a per-head RMSNorm of q and k (see ModelConfig.qk_norm)
+        self.q_norm, self.k_norm = (RMSNorm(head_size), RMSNorm(head_size)) if qk_norm else (None, None)
         # Lower-triangular mask: position t may only look at positions <= t. Not a
         # parameter and not saved: it is rebuilt from block_size.
         self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)), persistent=False)
@@ -34,6 +87,10 @@ class Head(nn.Module):
         B, T, C = x.shape
         k = self.key(x)  # (B, T, hs)
         q = self.query(x)  # (B, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            q, k = self.rope(q), self.rope(k)
         # Scaled by 1/sqrt(head_size) so the scores have unit variance at init and the
         # softmax stays diffuse instead of collapsing onto one position ("Attention Is
         # All You Need", eq. 1).
@@ -48,10 +105,13 @@ class Head(nn.Module):
 class MultiHeadAttention(nn.Module):
     """Several heads in parallel, concatenated, then projected back into the residual stream."""
 
-    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float) -> None:
+    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float, rope: bool = False,
+                 qk_norm: bool = False) -> None:
         super().__init__()
         head_size = n_embd // n_head
-        self.heads = nn.ModuleList([Head(n_embd, head_size, block_size, dropout) for _ in range(n_head)])
+        self.rope = RotaryEmbedding(head_size, block_size) if rope else None
+        self.heads = nn.ModuleList([Head(n_embd, head_size, block_size, dropout, self.rope, qk_norm)
+                                    for _ in range(n_head)])
         self.proj = nn.Linear(n_embd, n_embd)
         self.dropout = nn.Dropout(dropout)
 
@@ -86,6 +146,7 @@ class KVCache:
     ``quillgpt.sample`` empties it and refills it from the most recent tokens instead.
     Every row has the same length; a ``ragged`` subclass (``quillgpt.serve.batching``) keeps
     one length per row and supplies each row's positions and attention mask.
+    With RoPE the keys are stored already rotated to their positions.
     """
 
     ragged = False
@@ -118,8 +179,9 @@ class KVCache:
 class FusedMultiHeadAttention(MultiHeadAttention):
     """Fast path: the same parameters as ``MultiHeadAttention``, all heads at once."""
 
-    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float) -> None:
-        super().__init__(n_embd, n_head, block_size, dropout)
+    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float, rope: bool = False,
+                 qk_norm: bool = False) -> None:
+        super().__init__(n_embd, n_head, block_size, dropout, rope, qk_norm)
         self.n_head = n_head
         self.attn_dropout = dropout
         self._stacked: tuple[tuple[int, ...], torch.Tensor] | None = None
@@ -147,6 +209,12 @@ class FusedMultiHeadAttention(MultiHeadAttention):
         # (B, T, C) -> (B, n_head, T, head_size): head i owns columns i*hs:(i+1)*hs,
         # exactly the order in which MultiHeadAttention concatenates its heads.
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.heads[0].q_norm is not None:  # each head's own gain, stacked as (n_head, 1, hs)
+            q = rms_norm(q, torch.stack([h.q_norm.weight for h in self.heads]).unsqueeze(1), self.heads[0].q_norm.eps)
+            k = rms_norm(k, torch.stack([h.k_norm.weight for h in self.heads]).unsqueeze(1), self.heads[0].k_norm.eps)
+        if self.rope is not None:  # new tokens sit after the cached ones (after each row's own, if ragged)
+            start = 0 if cache is None else cache.positions(T) if cache.ragged else cache.length
+            q, k = self.rope(q, start), self.rope(k, start)
         mask, causal = None, True
         if cache is not None:
             past = cache.length

@@ -10,6 +10,8 @@ With vocab 65, n_embd 384, n_head 6, n_layer 6 and block 256 it has 10,788,929 p
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +19,13 @@ from torch import nn
 from quillgpt.config import ModelConfig
 from quillgpt.errors import ConfigError
 from quillgpt.models import matvec
-from quillgpt.models.attention import FusedMultiHeadAttention, KVCache, MultiHeadAttention, byte_dropout
+from quillgpt.models.attention import (
+    FusedMultiHeadAttention,
+    KVCache,
+    MultiHeadAttention,
+    RMSNorm,
+    byte_dropout,
+)
 from quillgpt.models.base import LanguageModel, language_model_loss
 
 
@@ -41,13 +49,16 @@ class LayerNorm1d(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """A per-position MLP, 4x wider inside ("Attention Is All You Need", section 3.3)."""
+    """A per-position MLP, 4x wider inside ("Attention Is All You Need", section 3.3).
 
-    def __init__(self, n_embd: int, dropout: float) -> None:
+    ``activation`` "gelu" swaps ReLU for GELU, x * Phi(x) (Hendrycks & Gimpel 2016), as GPT-2 does.
+    """
+
+    def __init__(self, n_embd: int, dropout: float, activation: str = "relu") -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(n_embd, 4 * n_embd),
-            nn.ReLU(),
+            nn.GELU() if activation == "gelu" else nn.ReLU(),
             nn.Linear(4 * n_embd, n_embd),
             nn.Dropout(dropout),
         )
@@ -60,22 +71,55 @@ class FastFeedForward(FeedForward):
     """``FeedForward`` with the same parameters: byte-mask dropout when training on CPU, and
     one-token decoding through ``matvec`` (see there)."""
 
-    def __init__(self, n_embd: int, dropout: float) -> None:
-        super().__init__(n_embd, dropout)
+    def __init__(self, n_embd: int, dropout: float, activation: str = "relu") -> None:
+        super().__init__(n_embd, dropout, activation)
         self._prepared = matvec.PreparedWeights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        expand, relu, project, dropout = self.net
+        expand, act, project, dropout = self.net
         if self.training and dropout.p > 0 and x.device.type == "cpu":
             # As in FusedMultiHeadAttention: bernoulli_ masks cost ~7% of a bf16 step on CPU.
-            return byte_dropout(project(relu(expand(x))), dropout.p)
+            return byte_dropout(project(act(expand(x))), dropout.p)
         if not matvec.applies(x, expand.weight):
             return self.net(x)
-        hidden = F.relu(matvec.linear(x, expand.weight, expand.bias, self._prepared, "expand"))
+        hidden = act(matvec.linear(x, expand.weight, expand.bias, self._prepared, "expand"))
         return dropout(matvec.linear(hidden, project.weight, project.bias, self._prepared, "project"))
 
 
+class SwiGLUFeedForward(nn.Module):
+    """FFN_SwiGLU(x) = (Swish(x W) * x V) W2 (Shazeer 2020, "GLU Variants Improve Transformer", eq. 6).
+
+    Three matrices instead of two, so the hidden width is 2/3 of the usual 4 * n_embd (as in the
+    paper's section 2, d_ff 3072 -> 2048): the same parameters and FLOPs as the ReLU FeedForward.
+    It is rounded up to a multiple of 8 for friendlier matmul shapes. No biases, as in the paper.
+    """
+
+    def __init__(self, n_embd: int, dropout: float) -> None:
+        super().__init__()
+        hidden = swiglu_hidden(n_embd)
+        self.gate = nn.Linear(n_embd, hidden, bias=False)  # W, through Swish (= SiLU)
+        self.up = nn.Linear(n_embd, hidden, bias=False)  # V, the linear half of the gated unit
+        self.proj = nn.Linear(hidden, n_embd, bias=False)  # W2
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.silu(self.gate(x)) * self.up(x)))
+
+
+def swiglu_hidden(n_embd: int) -> int:
+    return 8 * math.ceil(2 * 4 * n_embd / 3 / 8)
+
+
+def make_feed_forward(config: ModelConfig) -> nn.Module:
+    if config.activation == "swiglu":  # one module for both attention paths
+        return SwiGLUFeedForward(config.n_embd, config.dropout)
+    return (FastFeedForward if config.attention == "fused" else FeedForward)(config.n_embd, config.dropout,
+                                                                             config.activation)
+
+
 def make_norm(kind: str, dim: int) -> nn.Module:
+    if kind == "rms":
+        return RMSNorm(dim)
     return LayerNorm1d(dim) if kind == "scratch" else nn.LayerNorm(dim)
 
 
@@ -90,8 +134,9 @@ class Block(nn.Module):
         super().__init__()
         fast = config.attention == "fused"
         attention = FusedMultiHeadAttention if fast else MultiHeadAttention
-        self.sa = attention(config.n_embd, config.n_head, config.block_size, config.dropout)
-        self.ffwd = (FastFeedForward if fast else FeedForward)(config.n_embd, config.dropout)
+        self.sa = attention(config.n_embd, config.n_head, config.block_size, config.dropout,
+                            rope=config.position == "rope", qk_norm=config.qk_norm)
+        self.ffwd = make_feed_forward(config)
         self.ln1 = make_norm(config.norm, config.n_embd)
         self.ln2 = make_norm(config.norm, config.n_embd)
 
@@ -108,11 +153,18 @@ class GPT(LanguageModel):
         self.config = config
         self.block_size = config.block_size
         self.token_embedding_table = nn.Embedding(config.vocab_size, config.n_embd)
-        self.position_embedding_table = nn.Embedding(config.block_size, config.n_embd)
+        # With RoPE, positions enter inside attention (attention.RotaryEmbedding) instead.
+        self.position_embedding_table = (nn.Embedding(config.block_size, config.n_embd)
+                                         if config.position == "learned" else None)
         self.blocks = nn.Sequential(*[Block(config) for _ in range(config.n_layer)])
         self.ln_f = make_norm(config.norm, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
         self.apply(self._init_weights)
+        if config.tie_weights:
+            # One (vocab, n_embd) matrix reads tokens in and scores them out (Press & Wolf 2017):
+            # fewer parameters, and every output row is trained even for rare input tokens.
+            # Checkpoints store the shared tensor under both names (checkpoint._cpu_contiguous).
+            self.lm_head.weight = self.token_embedding_table.weight
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -151,11 +203,12 @@ class GPT(LanguageModel):
             raise ConfigError(f"sequence of {start + T} tokens is longer than block_size {self.block_size}: "
                               "crop the context to the last block_size tokens")
         tok_emb = self.token_embedding_table(idx)  # (B, T, C)
-        if kv_cache is not None and kv_cache.ragged:  # each row continues at its own position: (B, T, C)
-            pos_emb = self.position_embedding_table(kv_cache.positions(T))
-        else:
-            pos_emb = self.position_embedding_table(torch.arange(start, start + T, device=idx.device))  # (T, C)
-        x = tok_emb + pos_emb
+        x = tok_emb
+        if self.position_embedding_table is not None:  # learned absolute positions (None with RoPE)
+            if kv_cache is not None and kv_cache.ragged:  # each row continues at its own position: (B, T, C)
+                x = x + self.position_embedding_table(kv_cache.positions(T))
+            else:
+                x = x + self.position_embedding_table(torch.arange(start, start + T, device=idx.device))  # (T, C)
         if kv_cache is None:
             x = self.blocks(x)
         else:
