@@ -10,6 +10,9 @@
     quill train --preset add3-reversed          teach a GPT 3-digit addition (also mul2-scratchpad, calc3)
     quill task eval RUN_DIR --n 2000            greedy exact-match accuracy on held-out problems
     quill calc RUN_DIR "123*45" --show-work     ask it one problem
+    quill lesson attention|norms|bigram         the lecture's side roads, runnable (lessons/)
+    quill attention RUN_DIR --text "ROMEO:"     heatmap of one head's attention weights
+    quill seq2seq --task reverse                an encoder-decoder with cross-attention
 
 Problems with the user's input end in one line on stderr and exit code 2.
 """
@@ -40,6 +43,7 @@ from quillgpt.data import (
     prepare_source,
 )
 from quillgpt.errors import ConfigError, QuillError, SamplingError
+from quillgpt.lessons.cli import add_lesson_commands
 from quillgpt.pretrained import apply_init, check_same_tokenizer, init_model_config, load_init
 from quillgpt.resume import resume_trainer
 from quillgpt.sample import check_sampling, stream
@@ -461,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     add_task_commands(commands)
+    add_lesson_commands(commands)
 
     info = commands.add_parser("info", help="show a run's size, config and losses")
     info.add_argument("run_dir")
