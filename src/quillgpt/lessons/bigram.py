@@ -27,6 +27,7 @@ from tqdm import tqdm
 from quillgpt.config import ModelConfig
 from quillgpt.data import TRAIN_FRACTION, Batches, find_corpus, read_text
 from quillgpt.errors import ConfigError, DataError
+from quillgpt.lessons import one_thread
 from quillgpt.models.bigram import BigramLanguageModel
 from quillgpt.tokenizers import CharTokenizer
 
@@ -117,7 +118,8 @@ def run(text_path: str | None = None, data_path: str | None = None, steps: int =
     say(f"   train {optimum:.4f} (unsmoothed: the lowest any bigram model can reach), val {counting_val:.4f}")
 
     tic = time.perf_counter()
-    model = train_embedding_bigram(train_ids, V, steps, batch_size, lr, seed, progress=verbose)
+    with one_thread():
+        model = train_embedding_bigram(train_ids, V, steps, batch_size, lr, seed, progress=verbose)
     seconds = time.perf_counter() - tic
     with torch.no_grad():
         learned = F.log_softmax(model.token_embedding_table.weight.double(), dim=-1)

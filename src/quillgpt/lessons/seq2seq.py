@@ -25,10 +25,12 @@ import torch
 from tqdm import tqdm
 
 from quillgpt.errors import ConfigError
+from quillgpt.lessons import one_thread
 from quillgpt.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = 3  # ids 0..2; the letters follow
+Example = tuple[str, str, str]  # (source, the model's answer, the right answer)
 TASKS: dict[str, Callable[[str], str]] = {
     "reverse": lambda s: s[::-1],
     "sort": lambda s: "".join(sorted(s)),
@@ -99,7 +101,7 @@ class Seq2SeqResult:
     final_loss: float  # mean of the last 20 steps
     accuracy: float  # exact match on the held-out strings
     n_test: int
-    examples: list[tuple[str, str, str]] = field(default_factory=list)  # (source, model, truth)
+    examples: list[Example] = field(default_factory=list)
 
 
 def held_out(task: Seq2SeqTask, n: int, seed: int) -> list[str]:
@@ -115,7 +117,7 @@ def held_out(task: Seq2SeqTask, n: int, seed: int) -> list[str]:
 
 
 def exact_match(model: Seq2SeqTransformer, task: Seq2SeqTask, strings: list[str],
-                batch_size: int = 250) -> tuple[float, list[tuple[str, str, str]]]:
+                batch_size: int = 250) -> tuple[float, list[Example]]:
     """Share of ``strings`` whose greedy answer is exactly right; and every (source, answer, truth)."""
     model.eval()
     rows = []
@@ -141,14 +143,29 @@ def train(task: Seq2SeqTask, steps: int = 600, batch_size: int = 64, lr: float =
         raise ConfigError(f"--lr must be a positive number, got {lr}: try 3e-3")
     say = print if verbose else _silent
     test = held_out(task, n_test, seed + 1)
-    test_set = set(test)
-    rng = random.Random(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = Seq2SeqTransformer(Seq2SeqConfig(vocab_size=task.vocab_size, block_size=task.max_len + 1,
                                                  n_layer=n_layer, n_head=n_head, n_embd=n_embd))
     say(f"{task.task}: strings of {task.min_len}-{task.max_len} letters from '{task.alphabet}'; encoder-decoder "
         f"with {n_layer}+{n_layer} blocks, {n_embd} wide, {model.num_parameters():,} parameters")
+    with one_thread():
+        losses, seconds, accuracy, rows = _train_and_test(model, task, test, steps, batch_size, lr, seed, verbose)
+    final = sum(losses[-20:]) / len(losses[-20:])
+    say(f"trained {steps} steps of {batch_size} strings in {seconds:.1f} s: loss {losses[0]:.4f} -> {final:.4f}")
+    for source, answer, truth in rows[:5]:
+        verdict = "ok" if answer == truth else "want " + truth
+        say(f"   {source:>{task.max_len}} -> {answer:<{task.max_len + 3}} {verdict}")
+    say(f"exact match on {len(test)} held-out strings (greedy): {accuracy:.1%}")
+    return Seq2SeqResult(task.task, steps, model.num_parameters(), seconds, losses[0], final, accuracy, len(test),
+                         rows[:5])
+
+
+def _train_and_test(model: Seq2SeqTransformer, task: Seq2SeqTask, test: list[str], steps: int, batch_size: int,
+                    lr: float, seed: int, verbose: bool) -> tuple[list[float], float, float, list[Example]]:
+    """AdamW with cosine decay on fresh strings (never a test string); then exact match on ``test``."""
+    test_set = set(test)
+    rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     losses: list[float] = []
     tic = time.perf_counter()
@@ -171,14 +188,7 @@ def train(task: Seq2SeqTask, steps: int = 600, batch_size: int = 64, lr: float =
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
     seconds = time.perf_counter() - tic
     accuracy, rows = exact_match(model, task, test)
-    final = sum(losses[-20:]) / len(losses[-20:])
-    say(f"trained {steps} steps of {batch_size} strings in {seconds:.1f} s: loss {losses[0]:.4f} -> {final:.4f}")
-    for source, answer, truth in rows[:5]:
-        verdict = "ok" if answer == truth else "want " + truth
-        say(f"   {source:>{task.max_len}} -> {answer:<{task.max_len + 3}} {verdict}")
-    say(f"exact match on {len(test)} held-out strings (greedy): {accuracy:.1%}")
-    return Seq2SeqResult(task.task, steps, model.num_parameters(), seconds, losses[0], final, accuracy, len(test),
-                         rows[:5])
+    return losses, seconds, accuracy, rows
 
 
 def _silent(*args: object, **kwargs: object) -> None:
