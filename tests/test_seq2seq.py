@@ -77,6 +77,14 @@ def test_padding_does_not_change_the_encoding_of_real_tokens() -> None:
     assert torch.allclose(short[0], padded[0, :3], atol=1e-5)
 
 
+def test_greedy_decode_fills_the_whole_target_context() -> None:
+    """A target of block_size - 1 letters plus EOS needs block_size decoding steps (BOS is the first input)."""
+    m = model()  # block_size 8
+    out = m.greedy_decode(torch.tensor([[3, 4, 5]]), BOS, eos_id=-1, max_len=20)  # -1: never finishes
+    assert out.shape == (1, 8)
+    assert m.greedy_decode(torch.tensor([[3, 4, 5]]), BOS, eos_id=-1, max_len=5).shape == (1, 5)
+
+
 def test_task_batches() -> None:
     task = Seq2SeqTask("reverse", 1, 4, letters=5)
     src, tgt_in, targets = task.batch(["abc", "e"])

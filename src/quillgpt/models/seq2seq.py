@@ -204,7 +204,8 @@ class Seq2SeqTransformer(nn.Module):
         memory, mask = self.encode(src)
         out = torch.full((src.size(0), 1), bos_id, dtype=torch.long, device=src.device)
         done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
-        for _ in range(min(max_len, self.config.block_size - 1)):
+        # The decoder input grows from 1 token (BOS) to block_size tokens: block_size steps at most.
+        for _ in range(min(max_len, self.config.block_size)):
             nxt = self.decode(out, memory, mask)[:, -1].argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
             out = torch.cat([out, nxt[:, None]], dim=1)
