@@ -66,14 +66,17 @@ def _cpu_contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def write_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor],
                      state_tensors: dict[str, torch.Tensor] | None = None,
-                     trainer_state: dict[str, Any] | None = None) -> Path:
+                     trainer_state: dict[str, Any] | None = None,
+                     extra_files: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write one complete checkpoint folder and point ``latest.json`` at it.
+
+    ``extra_files``: more safetensors files for the folder (a reward model's head), in the manifest too.
 
     If the disk is full or not writable, raise a CheckpointError and leave the previous
     checkpoint (and ``latest.json``) exactly as they were.
     """
     try:
-        return _write_checkpoint(run_dir, step, model_state, state_tensors, trainer_state)
+        return _write_checkpoint(run_dir, step, model_state, state_tensors, trainer_state, extra_files or {})
     except OSError as exc:
         previous = _pointer_target(run_dir, "latest.json")
         kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
@@ -94,7 +97,7 @@ def _fault_delay() -> float:
 
 def _write_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor],
                       state_tensors: dict[str, torch.Tensor] | None,
-                      trainer_state: dict[str, Any] | None) -> Path:
+                      trainer_state: dict[str, Any] | None, extra_files: dict[str, dict[str, torch.Tensor]]) -> Path:
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = f"{STEP_PREFIX}{step:08d}"
@@ -110,6 +113,8 @@ def _write_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Ten
         if state_tensors:
             save_file(_cpu_contiguous(state_tensors), str(tmp / "optimizer.safetensors"), metadata=meta)
             time.sleep(delay)
+        for file_name, tensors in extra_files.items():
+            save_file(_cpu_contiguous(tensors), str(tmp / file_name), metadata=meta)
         (tmp / "trainer.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "step": step,
                                                        **(trainer_state or {})}))
         time.sleep(delay)

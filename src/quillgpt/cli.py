@@ -13,6 +13,7 @@
     quill lesson attention|norms|bigram         the lecture's side roads, runnable (lessons/)
     quill attention RUN_DIR --text "ROMEO:"     heatmap of one head's attention weights
     quill seq2seq --task reverse                an encoder-decoder with cross-attention
+    quill serve RUN_DIR [--port 8000]           OpenAI-compatible server, playground at /
 
 Problems with the user's input end in one line on stderr and exit code 2.
 """
@@ -44,9 +45,11 @@ from quillgpt.data import (
 )
 from quillgpt.errors import ConfigError, QuillError, SamplingError
 from quillgpt.lessons.cli import add_lesson_commands
+from quillgpt.posttrain.cli import add_posttrain_commands
 from quillgpt.pretrained import apply_init, check_same_tokenizer, init_model_config, load_init
 from quillgpt.resume import resume_trainer
 from quillgpt.sample import check_sampling, stream
+from quillgpt.serve.cli import add_serve_commands, cmd_bench_serve
 from quillgpt.sources import resolve_text_source
 from quillgpt.tasks.cli import add_task_commands
 from quillgpt.tasks.dataset import open_dataset
@@ -71,27 +74,36 @@ class OneLineParser(argparse.ArgumentParser):
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for section, cls in SECTIONS.items():
-        group = parser.add_argument_group(f"{section} config (default: the preset's value)")
-        for name, kind in field_types(cls).items():
-            if name in NOT_FLAGS:
-                continue
-            flag = "--" + name.replace("_", "-")
-            if kind is bool:
-                group.add_argument(flag, dest=f"{section}.{name}", action=argparse.BooleanOptionalAction,
-                                   default=None)
-            else:
-                group.add_argument(flag, dest=f"{section}.{name}", metavar=kind.__name__.upper(), default=None)
+        add_dataclass_flags(parser, cls, section, f"{section} config (default: the preset's value)")
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, section: str, title: str,
+                        skip: frozenset[str] | set[str] = NOT_FLAGS) -> None:
+    """One flag per field of the config dataclass ``cls`` (``--n-embd`` for ``n_embd``)."""
+    group = parser.add_argument_group(title)
+    for name, kind in field_types(cls).items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, dest=f"{section}.{name}", action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(flag, dest=f"{section}.{name}", metavar=kind.__name__.upper(), default=None)
+
+
+def dataclass_overrides(args: argparse.Namespace, cls: type, section: str) -> dict[str, Any]:
+    """The fields of ``cls`` given on the command line, parsed into their types."""
+    out: dict[str, Any] = {}
+    for name, kind in field_types(cls).items():
+        value = getattr(args, f"{section}.{name}", None)
+        if value is not None:
+            out[name] = value if kind is bool else parse_value(name, value, kind)
+    return out
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The config fields given on the command line, parsed into their types."""
-    overrides: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
-    for section, cls in SECTIONS.items():
-        for name, kind in field_types(cls).items():
-            value = getattr(args, f"{section}.{name}", None)
-            if value is not None:
-                overrides[section][name] = value if kind is bool else parse_value(name, value, kind)
-    return overrides
+    return {section: dataclass_overrides(args, cls, section) for section, cls in SECTIONS.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,7 +183,7 @@ def _train(args: argparse.Namespace, overrides: dict[str, dict[str, Any]], confi
         trainer = resume_trainer(Path(args.resume), overrides, progress=not args.no_progress, dist=dist)
         say(f"resuming {trainer.run_dir} from step {trainer.step}")
     else:
-        dataset = open_dataset(config, args.data)
+        dataset = open_dataset(config, args.data, base_tokenizer=init.tokenizer if init else None)
         if init:  # before the run directory is chosen (and, with --overwrite, cleared)
             check_same_tokenizer(dataset, init)
         # Rank 0 picks (and, with --overwrite, clears) the run directory; the others follow.
@@ -186,8 +198,9 @@ def _train(args: argparse.Namespace, overrides: dict[str, dict[str, Any]], confi
     result = trainer.train(stop_at=args.stop_at)
     if not dist.is_main:
         return 130 if result.interrupted == "SIGINT" else 143 if result.interrupted else 0
-    arithmetic = trainer.config.arithmetic.enabled
+    arithmetic, chat = trainer.config.arithmetic.enabled, trainer.config.chat.enabled
     print(summarize(result, next_step=f"quill task eval {result.run_dir}" if arithmetic else
+                    f"quill chat {result.run_dir}" if chat else
                     f"quill sample {result.run_dir} --prompt \"ROMEO:\" --max-new-tokens 500"))
     if result.interrupted:
         print(f"\ninterrupted by {result.interrupted} at step {trainer.step}: checkpoint saved in "
@@ -195,6 +208,8 @@ def _train(args: argparse.Namespace, overrides: dict[str, dict[str, Any]], confi
         return 130 if result.interrupted == "SIGINT" else 143
     if arithmetic:
         print_task_accuracy(trainer)
+    elif chat and trainer.config.chat.builtin:
+        print_chat_accuracy(trainer)
     elif trainer.config.train.sample_chars:
         print(f"\n--- sample ({trainer.config.train.sample_chars} tokens) ---")
         print_sample(trainer.model, trainer.dataset.tokenizer, "", trainer.config.train.sample_chars,
@@ -257,6 +272,15 @@ def print_task_accuracy(trainer: Trainer, n: int = 500) -> None:
     held_out = trainer.dataset.val_pool[:n]
     report = Report(attempt_all(trainer.model, held_out, trainer.config.arithmetic.format, trainer.device))
     print("\n" + report.format(f"held-out accuracy ({len(held_out)} problems of the val set)"))
+
+
+def print_chat_accuracy(trainer: Trainer, n: int = 500) -> None:
+    """Format and exact match of greedy replies to (up to) ``n`` held-out questions, after SFT."""
+    from quillgpt.posttrain.evaluate import ChatReport, answer_all
+
+    held_out = trainer.dataset.val_questions[:n]
+    report = ChatReport(answer_all(trainer.model, trainer.dataset.tokenizer, held_out))
+    print("\n" + report.format(f"held-out replies ({len(held_out)} questions of the val set)"))
 
 
 def summarize(result: Any, next_step: str = "") -> str:
@@ -322,6 +346,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from quillgpt import bench
 
+    if args.what == "serve":
+        return cmd_bench_serve(args)
     if args.what == "prepare":
         choice = TokenizerChoice(args.tokenizer or "char", args.vocab_size)
         choice.validate()
@@ -451,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     bench = commands.add_parser("bench", help="measure speed side by side (prints ratios)")
-    bench.add_argument("what", choices=["train", "sample", "prepare"])
+    bench.add_argument("what", choices=["train", "sample", "prepare", "serve"])
     bench.add_argument("--preset", default="seed-gpt", help="model/batch shape to measure (default seed-gpt)")
     bench.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     bench.add_argument("--steps", type=optional_int, default=5, help="timed training steps per variant")
@@ -466,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_task_commands(commands)
     add_lesson_commands(commands)
+    add_posttrain_commands(commands)
+    add_serve_commands(commands)
 
     info = commands.add_parser("info", help="show a run's size, config and losses")
     info.add_argument("run_dir")

@@ -158,17 +158,61 @@ class ArithmeticConfig:
 
 
 @dataclass
+class ChatConfig:
+    """Supervised finetuning on conversations (``quillgpt.posttrain.sft``, ``quill sft``).
+
+    With ``chat_data`` empty the run is not a chat run. The fields carry a ``chat_`` prefix
+    because every config field is also a ``quill train`` flag.
+    """
+
+    chat_data: str = ""  # a JSONL file of conversations, or "arithmetic": generated questions
+    chat_ops: str = "+-"  # arithmetic: the operators asked about (+ - *)
+    chat_digits: int = 3  # arithmetic: operands have 1..chat_digits digits
+    chat_examples: int = 0  # arithmetic: a fixed training set of this many; 0 = fresh questions every batch
+    chat_val: int = 500  # held-out conversations (JSONL: at most a tenth of the file)
+    chat_seed: int = 0  # draws the held-out questions (arithmetic) or split (JSONL)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.chat_data)
+
+    @property
+    def builtin(self) -> bool:
+        return self.chat_data == CHAT_ARITHMETIC
+
+    def validate(self) -> None:
+        if not self.enabled:
+            return
+        if self.builtin:
+            if not self.chat_ops or any(op not in "+-*" for op in self.chat_ops) or len(set(self.chat_ops)) != len(
+                    self.chat_ops):
+                raise ConfigError(f"chat_ops must be distinct operators out of + - *, got {self.chat_ops!r}")
+            _check_positive("chat_digits", self.chat_digits)
+        _check_positive("chat_val", self.chat_val)
+        if self.chat_examples < 0:
+            raise ConfigError(f"chat_examples must be >= 0 (0: fresh questions every batch), got {self.chat_examples}")
+
+
+CHAT_ARITHMETIC = "arithmetic"  # ChatConfig.chat_data naming the built-in generated dataset
+
+
+@dataclass
 class RunConfig:
     """Everything that defines a training run."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
 
     def validate(self) -> None:
         self.model.validate()
         self.train.validate()
         self.arithmetic.validate()
+        self.chat.validate()
+        if self.arithmetic.enabled and self.chat.enabled:
+            raise ConfigError("a run trains on an arithmetic task or on conversations, not both: drop --task or "
+                              "--chat-data")
 
     def to_dict(self) -> dict[str, Any]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
@@ -186,7 +230,8 @@ class RunConfig:
                             for name in SECTIONS})
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "arithmetic": ArithmeticConfig}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "arithmetic": ArithmeticConfig,
+                             "chat": ChatConfig}
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,6 +308,17 @@ def _arithmetic(task: str, fmt: str, digits: int, train_examples: int, block_siz
     )
 
 
+def _sft() -> RunConfig:
+    # Finetuning a pretrained model on conversations (quill sft): the model comes from the run
+    # being finetuned; a lower learning rate than pretraining, one conversation per row.
+    return RunConfig(
+        ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+        TrainConfig(dataset="chat", batch_size=64, max_iters=600, eval_interval=100, eval_iters=4, log_interval=50,
+                    lr=1e-3, min_lr=1e-4, warmup_iters=50, weight_decay=0.1, sample_chars=0),
+        chat=ChatConfig(chat_data=CHAT_ARITHMETIC),
+    )
+
+
 PRESETS = {"bigram": _bigram, "seed-gpt": _seed_gpt, "cpu-small": _cpu_small, "cpu-fast": _cpu_fast,
            "tiny": _tiny,
            # 3-digit addition from 10,000 examples (Lee et al.: reversed 99.8% at 5k, plain 87.4% at 10k);
@@ -275,6 +331,7 @@ PRESETS = {"bigram": _bigram, "seed-gpt": _seed_gpt, "cpu-small": _cpu_small, "c
            "mul2-scratchpad": lambda: _arithmetic("mul", "scratchpad", 2, 3000, 64, 4, 3000, 128),
            # + - * / on operands up to 3 digits, chain of thought, fresh problems every batch
            "calc3": lambda: _arithmetic("calc", "scratchpad", 3, 0, 96, 6, 4000, 128, "bfloat16"),
+           "sft": _sft,  # quill sft's defaults: generated arithmetic questions in a chat
            }
 
 
@@ -343,3 +400,9 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _check_positive(name: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value}")
+
+
+def check_positive_fields(config: Any, *names: str) -> None:
+    """A one-line ConfigError for the first of ``names`` that is not a positive integer."""
+    for name in names:
+        _check_positive(name, getattr(config, name))

@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from quillgpt.checkpoint import read_config, remove_partial_checkpoints, resolve_checkpoint, verify_manifest
+from quillgpt.config import RunConfig
+from quillgpt.data import TrainingData
 from quillgpt.distributed import Distributed
 from quillgpt.errors import CheckpointError, ConfigError, QuillError
 from quillgpt.pretrained import reapply_init
 from quillgpt.tasks.dataset import open_dataset
+from quillgpt.tokenizers import Tokenizer, tokenizer_from_dict
 from quillgpt.train import Trainer
 
 # Fields that may differ when a run continues: they change how long or how it trains
@@ -36,6 +39,21 @@ def _read_data_info(run_dir: Path) -> dict[str, Any]:
         return info
     except (OSError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"cannot read {run_dir / 'data.json'} ({exc}): the run directory is corrupt") from None
+
+
+def _open_run_dataset(config: RunConfig, run_dir: Path) -> TrainingData:
+    return open_dataset(config, folder=_read_data_info(run_dir)["dataset"], base_tokenizer=_chat_base(config, run_dir))
+
+
+def _chat_base(config: RunConfig, run_dir: Path) -> Tokenizer | None:
+    """A chat run's data is encoded with the run's own tokenizer; other runs' data brings its own."""
+    if not config.chat.enabled:
+        return None
+    path = run_dir / "tokenizer.json"
+    try:
+        return tokenizer_from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, QuillError) as exc:
+        raise CheckpointError(f"cannot read {path} ({exc}): the run directory is corrupt") from None
 
 
 TRAINER_STATE_TYPES = {"step": int, "optimizer": dict, "rng": dict, "batches": dict, "pending_losses": list}
@@ -78,7 +96,7 @@ def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress
     config.validate()
     if not (run_dir / "latest.json").exists() and not any((run_dir / "checkpoints").glob("step-*")):
         # Stopped before its first checkpoint: nothing to lose, so start it again from step 0.
-        dataset = open_dataset(config, folder=_read_data_info(run_dir)["dataset"])
+        dataset = _open_run_dataset(config, run_dir)
         if dist is None or dist.is_main:
             remove_partial_checkpoints(run_dir)
         trainer = Trainer(config, dataset, run_dir, progress=progress, dist=dist)
@@ -91,7 +109,7 @@ def resume_trainer(run_dir: Path, overrides: dict[str, dict[str, Any]], progress
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {checkpoint / 'trainer.json'} ({exc}): the checkpoint is corrupt") from None
     _check_trainer_state(checkpoint / "trainer.json", trainer_state)
-    dataset = open_dataset(config, folder=_read_data_info(run_dir)["dataset"])
+    dataset = _open_run_dataset(config, run_dir)
     if dataset.source_sha256 != trainer_state.get("data_sha256"):
         raise ConfigError(f"the dataset in {dataset.folder} is not the one this run trained on (source sha256 "
                           f"{dataset.source_sha256[:12]}... vs {str(trainer_state.get('data_sha256'))[:12]}...): "

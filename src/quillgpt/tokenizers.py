@@ -11,7 +11,7 @@ directory and checkpoint (``tokenizer.json``), so a run can always decode itself
   decoding gives back exactly the text that was encoded. On top of them come the merges
   learned from the corpus and the special tokens below.
 
-Special tokens (BPE only) have fixed ids 0..5, ahead of the bytes, so later features can
+Special tokens of the BPE have fixed ids 0..5, ahead of the bytes, so later features can
 rely on them:
 
     <|endoftext|>  0   end of a document
@@ -20,6 +20,10 @@ rely on them:
     <|user|>       3   chat: a user turn starts
     <|assistant|>  4   chat: an assistant turn starts
     <|end|>        5   chat: a turn ends
+
+A character tokenizer may carry special tokens too (``specials``), appended after its
+characters so that adding them to a trained model keeps every existing id: ``quill sft``
+adds the chat tokens this way (see ``quillgpt.chat``).
 
 Text is never parsed for special tokens: a corpus or prompt that contains the characters
 ``<|endoftext|>`` encodes them as ordinary bytes, so only code (never data) can insert a
@@ -49,13 +53,16 @@ class CharTokenizer:
 
     kind = "char"
 
-    def __init__(self, chars: Sequence[str]) -> None:
-        chars = list(chars)
+    def __init__(self, chars: Sequence[str], specials: Sequence[str] = ()) -> None:
+        chars, specials = list(chars), list(specials)
         if not chars:
             raise TokenizerError("a character tokenizer needs at least one character: the text is empty")
         if any(len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
             raise TokenizerError("a character vocabulary must be distinct single characters")
+        if any(s not in SPECIAL_TOKENS for s in specials) or len(set(specials)) != len(specials):
+            raise TokenizerError(f"special tokens must be distinct names from {', '.join(SPECIAL_TOKENS)}")
         self.chars = chars
+        self.specials = specials
         self.stoi = {c: i for i, c in enumerate(chars)}
 
     @classmethod
@@ -64,11 +71,11 @@ class CharTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.chars) + len(self.specials)
 
     @property
     def special_ids(self) -> dict[str, int]:
-        return {}  # the lecture's tokenizer has none
+        return {name: len(self.chars) + i for i, name in enumerate(self.specials)}  # the lecture's has none
 
     def encode(self, text: str) -> list[int]:
         try:
@@ -101,26 +108,34 @@ class CharTokenizer:
             "(a bpe tokenizer encodes any character)")
 
     def decode(self, ids: Iterable[int]) -> str:
-        try:
-            return "".join(self.chars[i] for i in ids)
-        except IndexError:
-            raise TokenizerError(f"token id outside the vocabulary (size {self.vocab_size})") from None
+        return "".join(self._token_text(i) for i in ids)
+
+    def _token_text(self, token_id: int) -> str:
+        if 0 <= token_id < len(self.chars):
+            return self.chars[token_id]
+        if 0 <= token_id - len(self.chars) < len(self.specials):
+            return self.specials[token_id - len(self.chars)]
+        raise TokenizerError(f"token id {token_id} is outside the vocabulary (size {self.vocab_size})")
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self.chars[token_id].encode("utf-8")
+        return self._token_text(token_id).encode("utf-8")
 
     def start_ids(self) -> list[int]:
         """What an unprompted sample starts from: a newline if the vocabulary has one."""
         return [self.stoi.get("\n", 0)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "version": FORMAT_VERSION, "chars": "".join(self.chars)}
+        data: dict[str, Any] = {"kind": self.kind, "version": FORMAT_VERSION, "chars": "".join(self.chars)}
+        if self.specials:
+            data["special_tokens"] = list(self.specials)
+        return data
 
     def describe(self) -> str:
-        return f"char, vocab {self.vocab_size}"
+        extra = f" + {len(self.specials)} special" if self.specials else ""
+        return f"char, vocab {self.vocab_size}{extra}"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharTokenizer) and other.chars == self.chars
+        return isinstance(other, CharTokenizer) and (other.chars, other.specials) == (self.chars, self.specials)
 
 
 # ---------------------------------------------------------------------------------------
@@ -308,7 +323,9 @@ def tokenizer_from_dict(data: Any) -> Tokenizer:
             raise TokenizerError("BPE tokenizer JSON needs 'special_tokens' (the reserved list) and an "
                                  "'hf_tokenizer' object: prepare the data again")
         return BPETokenizer(data["hf_tokenizer"])
-    chars = data.get("chars")
+    chars, specials = data.get("chars"), data.get("special_tokens", [])
     if not isinstance(chars, str):
         raise TokenizerError("tokenizer JSON has no 'chars' string")
-    return CharTokenizer(list(chars))
+    if not isinstance(specials, list) or not all(isinstance(name, str) for name in specials):
+        raise TokenizerError("tokenizer JSON 'special_tokens' must be a list of names")
+    return CharTokenizer(list(chars), specials)

@@ -84,7 +84,11 @@ class KVCache:
     Preallocated as (B, n_head, block_size, head_size) per layer; ``length`` tokens are filled.
     The GPT's position embeddings are absolute, so a full cache cannot slide by one token:
     ``quillgpt.sample`` empties it and refills it from the most recent tokens instead.
+    Every row has the same length; a ``ragged`` subclass (``quillgpt.serve.batching``) keeps
+    one length per row and supplies each row's positions and attention mask.
     """
+
+    ragged = False
 
     def __init__(self, n_layer: int, batch: int, n_head: int, block_size: int, head_size: int,
                  device: torch.device | str, dtype: torch.dtype) -> None:
@@ -105,6 +109,10 @@ class KVCache:
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` new tokens as cached (after every layer has stored them)."""
+        self.length += n
 
 
 class FusedMultiHeadAttention(MultiHeadAttention):
@@ -143,7 +151,9 @@ class FusedMultiHeadAttention(MultiHeadAttention):
         if cache is not None:
             past = cache.length
             k, v = cache.update(layer, k, v)
-            if past > 0:  # new query i sits at position past + i and may see keys 0..past + i
+            if cache.ragged:  # rows of different lengths (continuous batching): the cache knows what each sees
+                causal, mask = False, cache.row_mask(T)
+            elif past > 0:  # new query i sits at position past + i and may see keys 0..past + i
                 causal = False
                 if T > 1:
                     mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)

@@ -136,20 +136,30 @@ class GPT(LanguageModel):
                 loss_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position of ``idx`` (B, T); with ``kv_cache``, ``idx`` continues the cached tokens."""
+        logits = self.lm_head(self.features(idx, kv_cache))  # (B, T, vocab)
+        loss = None if targets is None else language_model_loss(logits, targets, loss_mask)
+        return logits, loss
+
+    def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """The final normalized hidden state of every position (B, T, n_embd): what lm_head reads.
+
+        Reward and value heads (quillgpt.posttrain) read the same features.
+        """
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.block_size:
             raise ConfigError(f"sequence of {start + T} tokens is longer than block_size {self.block_size}: "
                               "crop the context to the last block_size tokens")
         tok_emb = self.token_embedding_table(idx)  # (B, T, C)
-        pos_emb = self.position_embedding_table(torch.arange(start, start + T, device=idx.device))  # (T, C)
+        if kv_cache is not None and kv_cache.ragged:  # each row continues at its own position: (B, T, C)
+            pos_emb = self.position_embedding_table(kv_cache.positions(T))
+        else:
+            pos_emb = self.position_embedding_table(torch.arange(start, start + T, device=idx.device))  # (T, C)
         x = tok_emb + pos_emb
         if kv_cache is None:
             x = self.blocks(x)
         else:
             for layer, block in enumerate(self.blocks):
                 x = block(x, kv_cache, layer)
-            kv_cache.length += T
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
-        loss = None if targets is None else language_model_loss(logits, targets, loss_mask)
-        return logits, loss
+            kv_cache.advance(T)
+        return self.ln_f(x)

@@ -23,16 +23,50 @@ from quillgpt.train import resolve_device
 
 
 def _arithmetic_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
-    run = load_run(run_dir, which=checkpoint, device=device)
+    return _check_arithmetic(load_run(run_dir, which=checkpoint, device=device))
+
+
+def _check_arithmetic(run: LoadedRun) -> LoadedRun:
     if not run.config.arithmetic.enabled or run.tokenizer != arithmetic_tokenizer(run.config.arithmetic.format):
         raise ConfigError(f"{run.run_dir} was not trained on an arithmetic task: train one with e.g. "
                           "quill train --preset add3-reversed")
     return run
 
 
+def _chat_eval(run: LoadedRun, args: argparse.Namespace) -> int:
+    """A chat model trained on the built-in questions (quill sft, quill rl): format and exact match."""
+    from quillgpt.posttrain.evaluate import ChatReport, answer_all
+    from quillgpt.tasks.questions import questions
+
+    trained = run.config.chat
+    digits = args.digits or trained.chat_digits
+    n = 500 if args.n is None else args.n
+    seed = 1000 if args.eval_seed is None else args.eval_seed
+    if args.task:
+        raise ConfigError("--task is for arithmetic-task runs; a chat run is asked what it was trained on")
+    try:
+        held_out = questions(trained.chat_ops, digits, n, seed, "test")
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (--n)") from None
+    tic = time.perf_counter()
+    report = ChatReport(answer_all(run.model, run.tokenizer, held_out))
+    seconds = time.perf_counter() - tic
+    if args.json:
+        print(json.dumps({"run": str(run.run_dir), "checkpoint": run.checkpoint.name, "step": run.step,
+                          "ops": trained.chat_ops, "digits": digits, "eval_seed": seed, "seconds": seconds,
+                          **report.to_dict()}))
+    else:
+        print(report.format(f"chat questions ({trained.chat_ops}, up to {digits} digits), eval seed {seed} "
+                            f"({run.checkpoint.name}, {seconds:.1f} s)"))
+    return 0
+
+
 def cmd_task_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    run = _arithmetic_run(args.run_dir, args.checkpoint, device)
+    run = load_run(args.run_dir, which=args.checkpoint, device=device)
+    if run.config.chat.builtin:
+        return _chat_eval(run, args)
+    _check_arithmetic(run)
     trained = run.config.arithmetic
     task = args.task or trained.task
     if task not in TASK_OPS:

@@ -22,7 +22,7 @@ from quillgpt.config import ArithmeticConfig, RunConfig
 from quillgpt.data import TokenDataset, TrainingData, resolve_dataset
 from quillgpt.errors import ConfigError, DataError
 from quillgpt.tasks.arithmetic import ALPHABET, BASE_ALPHABET, Problem, ProblemBatches, problems, sample_text
-from quillgpt.tokenizers import CharTokenizer
+from quillgpt.tokenizers import CharTokenizer, Tokenizer
 
 
 def arithmetic_tokenizer(fmt: str) -> CharTokenizer:
@@ -89,9 +89,15 @@ class ArithmeticDataset:
         return None  # the loss counts answer tokens only: bits per character of text does not apply
 
 
-def open_dataset(config: RunConfig, data: str | None = None, folder: str | None = None) -> TrainingData:
-    """The data a run trains on: its arithmetic task, or the prepared corpus ``folder`` (default:
-    ``config.train.dataset``, found or prepared through ``resolve_dataset``)."""
+def open_dataset(config: RunConfig, data: str | None = None, folder: str | None = None,
+                 base_tokenizer: Tokenizer | None = None) -> TrainingData:
+    """The data a run trains on: its arithmetic task, its conversations (their tokenizer extends
+    ``base_tokenizer``, the finetuned model's or the run's own), or the prepared corpus ``folder``
+    (default: ``config.train.dataset``, found or prepared through ``resolve_dataset``)."""
     if config.arithmetic.enabled:
         return ArithmeticDataset(config.arithmetic)
+    if config.chat.enabled:
+        from quillgpt.posttrain.sft import ChatDataset  # posttrain builds on tasks, not the other way
+
+        return ChatDataset(config.chat, base_tokenizer)
     return TokenDataset(resolve_dataset(folder or config.train.dataset, data))

@@ -1,0 +1,127 @@
+"""DPO: direct preference optimization (Rafailov et al. 2023), on the reward model's pairs.
+
+No reward model and no sampling: the policy itself is the reward model, with implicit reward
+beta * log(pi(y|x) / pi_ref(y|x)), and the Bradley-Terry loss on that reward (eq. 7) raises
+the chosen reply's log-probability relative to the reference more than the rejected one's.
+``beta`` sets how far from the reference the policy may go (0.1 in the paper).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from quillgpt.chat import Message, encode_conversation, end_id, require_chat_format
+from quillgpt.checkpoint import LoadedRun
+from quillgpt.config import check_positive_fields
+from quillgpt.errors import ConfigError
+from quillgpt.metrics import MetricsLog
+from quillgpt.posttrain.evaluate import ChatReport, answer_all
+from quillgpt.posttrain.objectives import dpo_loss
+from quillgpt.posttrain.reward import Pair, RewardConfig, fresh_pairs, split_pairs
+from quillgpt.posttrain.rl import frozen_copy, measure_kl, plot_rl, save_policy
+from quillgpt.posttrain.rollout import token_logprobs
+from quillgpt.tasks.questions import questions
+from quillgpt.tokenizers import Tokenizer
+
+
+@dataclass
+class DPOConfig:
+    """``quill dpo``: every field is a flag."""
+
+    data: str = "arithmetic"  # a JSONL file of {"prompt", "chosen", "rejected"}, or arithmetic
+    ops: str = "+-"
+    digits: int = 3
+    val_pairs: int = 500
+    steps: int = 300
+    batch_size: int = 64  # pairs per step
+    lr: float = 5e-5
+    beta: float = 0.1
+    eval_interval: int = 50
+    eval_questions: int = 500
+    eval_seed: int = 1000
+    seed: int = 0
+    out_dir: str = ""
+
+    def validate(self) -> None:
+        check_positive_fields(self, "digits", "val_pairs", "steps", "batch_size", "eval_interval", "eval_questions")
+        if not (self.lr > 0 and self.beta > 0):
+            raise ConfigError("lr and beta must be > 0")
+
+
+def reply_logprobs(model: nn.Module, tokenizer: Tokenizer, pairs: list[Pair], side: str) -> torch.Tensor:
+    """Summed log-probability of each pair's ``side`` reply (its tokens and <|end|>) given its prompt."""
+    encoded = [encode_conversation(tokenizer, [Message("user", p.prompt), Message("assistant", getattr(p, side))])
+               for p in pairs]
+    device = next(model.parameters()).device
+    longest = max(len(e.ids) for e in encoded)
+    ids = torch.full((len(encoded), longest), end_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(encoded), longest - 1))
+    for row, e in enumerate(encoded):
+        ids[row, : len(e.ids)] = torch.tensor(e.ids)
+        mask[row, : len(e.ids) - 1] = torch.tensor(e.trained[1:], dtype=torch.float)
+    ids, mask = ids.to(device), mask.to(device)
+    return (token_logprobs(model(ids)[0], ids) * mask).sum(-1)
+
+
+def train_dpo(policy_run: LoadedRun, config: DPOConfig, progress: bool = True) -> dict[str, Any]:
+    config.validate()
+    tokenizer = policy_run.tokenizer
+    require_chat_format(tokenizer, str(policy_run.run_dir))
+    train_pairs, _ = split_pairs(RewardConfig(data=config.data, ops=config.ops, digits=config.digits,
+                                              val_pairs=config.val_pairs, seed=config.seed))
+    torch.manual_seed(config.seed)
+    policy = policy_run.model
+    reference = frozen_copy(policy)
+    held_out = questions(config.ops, config.digits, config.eval_questions, config.eval_seed, "test")
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+    run_dir = Path(config.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    log.path.unlink(missing_ok=True)
+    rng = random.Random(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def evaluate(step: int) -> dict[str, Any]:
+        report = ChatReport(answer_all(policy, tokenizer, held_out))
+        record = {"kind": "eval", "step": step, "accuracy": report.accuracy, "format": report.format_rate,
+                  "kl": measure_kl(policy, reference, tokenizer, held_out[:200], generator)}
+        log.append(record)
+        return record
+
+    tic = time.perf_counter()
+    start = evaluate(0)
+    last = start
+    for step in tqdm(range(1, config.steps + 1), desc="dpo", disable=not progress, leave=False):
+        batch = (fresh_pairs(rng, config.ops, config.digits, config.batch_size) if train_pairs is None
+                 else [train_pairs[rng.randrange(len(train_pairs))] for _ in range(config.batch_size)])
+        policy.train()
+        chosen, rejected = (reply_logprobs(policy, tokenizer, batch, side) for side in ("chosen", "rejected"))
+        with torch.no_grad():
+            ref_chosen, ref_rejected = (reply_logprobs(reference, tokenizer, batch, side)
+                                        for side in ("chosen", "rejected"))
+        loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        margin = config.beta * ((chosen - ref_chosen) - (rejected - ref_rejected)).detach()
+        log.append({"kind": "train", "step": step, "loss": loss.item(), "reward": float(margin.mean()),
+                    "reward_accuracy": float((margin > 0).float().mean()), "seconds": time.perf_counter() - tic})
+        if step % config.eval_interval == 0 or step == config.steps:
+            last = evaluate(step)
+    summary = {"algorithm": "dpo", "steps": config.steps, "seconds": time.perf_counter() - tic,
+               "start_accuracy": start["accuracy"], "accuracy": last["accuracy"], "format": last["format"],
+               "kl": last["kl"], "held_out": len(held_out)}
+    save_policy(run_dir, policy_run, policy, "dpo.json", {"config": dataclasses.asdict(config), "summary": summary},
+                f"dpo:{config.data}")
+    plot_rl(log.read(), run_dir / "dpo.png", f"dpo from {policy_run.run_dir.name}")
+    return summary

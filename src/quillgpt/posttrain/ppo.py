@@ -1,0 +1,90 @@
+"""PPO for language models (Schulman et al. 2017; as used for RLHF by Ziegler et al. 2019 and
+InstructGPT, Ouyang et al. 2022).
+
+Each reply is an episode whose actions are its tokens. The reward of token t is
+-beta * (log pi(t) - log pi_ref(t)), a per-token KL penalty that keeps the policy near the
+reference, plus, at the reply's last token, the score of the whole reply (a reward model's, or
+a Python function's). A value model (a GPT with a scalar head, started from the reward model
+as in InstructGPT, or from the policy) estimates the return at every token; GAE turns rewards
+and values into advantages, whitened per batch. Then several epochs of minibatch updates with
+the clipped policy loss and the clipped value loss; beta adapts to a KL target when one is set.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from quillgpt.posttrain.grpo import kl_per_reply, minibatches, sampled_logprobs
+from quillgpt.posttrain.objectives import AdaptiveKL, clipped_policy_loss, clipped_value_loss, gae, whiten
+from quillgpt.posttrain.reward import RewardModel, load_reward_model
+from quillgpt.posttrain.rl import RLConfig, optimizer_for
+from quillgpt.posttrain.rollout import RolloutBatch, entropy, masked_mean, token_logprobs
+
+
+def value_model_for(policy: nn.Module, config: RLConfig) -> RewardModel:
+    """The critic: the reward model's weights when there is one (InstructGPT), else the policy's."""
+    if config.reward.startswith("model:"):
+        model, _ = load_reward_model(config.reward.removeprefix("model:"), next(policy.parameters()).device)
+        return model.train()
+    return RewardModel(copy.deepcopy(policy)).train()
+
+
+def reply_rewards(scores: torch.Tensor, kl_penalty: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
+    """Per-token rewards (B, T-1): minus the KL penalty on every reply token, the score on the last."""
+    rewards = -kl_penalty * batch.response_mask
+    rows = torch.arange(rewards.size(0), device=rewards.device)
+    rewards[rows, batch.last - 1] += scores  # logits at position last-1 produced the last token
+    return rewards
+
+
+class PPO:
+    name = "ppo"
+
+    def __init__(self, policy: nn.Module, reference: nn.Module, config: RLConfig) -> None:
+        self.policy, self.reference, self.config = policy, reference, config
+        self.value = value_model_for(policy, config)
+        self.optimizer, self.schedule = optimizer_for(policy, config.lr, config.warmup)
+        self.value_optimizer = torch.optim.AdamW(self.value.parameters(), lr=config.value_lr, weight_decay=0.0)
+        self.kl = AdaptiveKL(config.kl_coef, config.kl_target, config.kl_horizon)
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def update(self, batch: RolloutBatch, scores: torch.Tensor) -> dict[str, float]:
+        c = self.config
+        mask = batch.response_mask.float()
+        old_logp = sampled_logprobs(self.policy, batch.ids)
+        ref_logp = sampled_logprobs(self.reference, batch.ids)
+        with torch.no_grad():
+            old_values = self.value.values(batch.ids)[:, :-1] * mask  # V at t: return from token t+1 on
+        rewards = reply_rewards(scores, self.kl.coef * (old_logp - ref_logp), batch)
+        advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
+        advantages = whiten(advantages, mask)
+        self.policy.train()
+        ent, clipped = [], []
+        for _ in range(c.epochs):
+            for rows in minibatches(batch.ids.size(0), c.minibatches, self.generator):
+                logits = self.policy(batch.ids[rows])[0]
+                logp = token_logprobs(logits, batch.ids[rows])
+                policy_loss = masked_mean(clipped_policy_loss(logp, old_logp[rows], advantages[rows], c.clip),
+                                          mask[rows])
+                values = self.value.values(batch.ids[rows])[:, :-1]
+                value_loss = masked_mean(clipped_value_loss(values, old_values[rows], returns[rows], c.value_clip),
+                                         mask[rows])
+                self.optimizer.zero_grad(set_to_none=True)
+                self.value_optimizer.zero_grad(set_to_none=True)
+                (policy_loss + c.vf_coef * value_loss).backward()
+                nn.utils.clip_grad_norm_(self.policy.parameters(), c.grad_clip)
+                nn.utils.clip_grad_norm_(self.value.parameters(), c.grad_clip)
+                self.optimizer.step()
+                self.value_optimizer.step()
+                ent.append(float(masked_mean(entropy(logits.detach()), mask[rows])))
+                ratio = torch.exp(logp.detach() - old_logp[rows])
+                clipped.append(float(masked_mean(((ratio - 1).abs() > c.clip).float(), mask[rows])))
+        self.schedule.step()
+        kl = kl_per_reply(old_logp, ref_logp, mask)
+        coef = self.kl.coef
+        self.kl.update(kl, batch.ids.size(0))
+        return {"kl": kl, "kl_coef": coef, "entropy": sum(ent) / len(ent), "policy_loss": policy_loss.item(),
+                "value_loss": value_loss.item(), "clip_fraction": sum(clipped) / len(clipped)}

@@ -1,0 +1,286 @@
+"""A reward model: a GPT backbone with a scalar head, trained on preference pairs.
+
+The model reads a whole conversation (prompt and reply, ending in ``<|end|>``) and its head
+turns the final token's features into one number. It learns from pairs (the same prompt with
+a chosen and a rejected reply) to score the chosen one higher: the Bradley-Terry loss
+-log sigmoid(r_chosen - r_rejected) (InstructGPT, Ouyang et al. 2022, section 3.5). The
+backbone starts from the SFT model, as in InstructGPT, so it already reads the chat format.
+
+Pairs come from a JSONL file (``{"prompt", "chosen", "rejected"}`` per line) or are generated:
+arithmetic questions with the right answer against a near miss (``tasks.questions.wrong_answer``).
+A run directory holds the backbone as a normal run (config.json, tokenizer.json, checkpoint)
+plus ``reward_head.safetensors`` in the checkpoint and ``reward.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from quillgpt.chat import Message, encode_conversation, end_id, prompt_ids, read_jsonl, require_chat_format
+from quillgpt.checkpoint import LoadedRun, load_run, read_tensors, write_checkpoint, write_run_files
+from quillgpt.config import check_positive_fields
+from quillgpt.errors import CheckpointError, ConfigError, DataError
+from quillgpt.fsutil import atomic_write_json
+from quillgpt.metrics import MetricsLog
+from quillgpt.posttrain.objectives import bradley_terry_loss, pairwise_accuracy
+from quillgpt.tasks.questions import Question, fresh_questions, questions, well_formed, wrong_answer
+from quillgpt.tokenizers import Tokenizer
+
+HEAD_FILE = "reward_head.safetensors"
+INFO_FILE = "reward.json"
+
+
+class RewardModel(nn.Module):
+    """GPT features -> one scalar per position; the reward is the scalar at a sequence's last token.
+
+    The same module serves PPO as a value model (``values``: a scalar at every position).
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.n_embd, 1)
+        nn.init.zeros_(self.head.weight)  # every reply scores 0 at the start: no preference yet
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def block_size(self) -> int:
+        return self.backbone.block_size
+
+    def values(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) scalars, one per position."""
+        return self.head(self.backbone.features(idx)).squeeze(-1).float()
+
+    def forward(self, idx: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """(B,) the score at each row's last token (index ``last``; rows are right-padded)."""
+        return self.values(idx).gather(1, last.unsqueeze(1)).squeeze(1)
+
+
+@dataclass
+class RewardConfig:
+    """Training a reward model (``quill reward train``); every field is a flag."""
+
+    data: str = "arithmetic"  # a JSONL file of {"prompt", "chosen", "rejected"}, or arithmetic
+    ops: str = "+-"  # arithmetic: the operators asked about
+    digits: int = 3  # arithmetic: operands have 1..digits digits
+    val_pairs: int = 1000  # held-out pairs (JSONL: at most a tenth of the file)
+    steps: int = 1500
+    batch_size: int = 64  # pairs per step
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup: int = 50
+    eval_interval: int = 250
+    policy_pairs: int = 0  # arithmetic: questions whose wrong answers are the SFT model's own samples (half a batch)
+    seed: int = 0
+    out_dir: str = ""
+
+    def validate(self) -> None:
+        check_positive_fields(self, "digits", "val_pairs", "steps", "batch_size", "eval_interval")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    out = []
+    for number, record in read_jsonl(path):
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("prompt", "chosen",
+                                                                                          "rejected")):
+            raise DataError(f"{path} line {number}: expected an object with 'prompt', 'chosen' and 'rejected' strings")
+        out.append(Pair(record["prompt"], record["chosen"], record["rejected"]))
+    if len(out) < 2:
+        raise DataError(f"{path} has {len(out)} pairs: a reward model needs at least 2 (one is held out)")
+    return out
+
+
+def arithmetic_pairs(ops: str, digits: int, count: int, seed: int, split: str) -> list[Pair]:
+    """``count`` pairs of distinct questions of ``split``: the right answer against a wrong one."""
+    rng = random.Random(f"pairs:{seed}:{split}")
+    return [Pair(q.text, q.answer, wrong_answer(q, rng)) for q in questions(ops, digits, count, seed, split)]
+
+
+def fresh_pairs(rng: random.Random, ops: str, digits: int, count: int) -> list[Pair]:
+    return [Pair(q.text, q.answer, wrong_answer(q, rng)) for q in fresh_questions(rng, ops, digits, count)]
+
+
+def split_pairs(config: RewardConfig) -> tuple[list[Pair] | None, list[Pair]]:
+    """(train pairs, or None for fresh generated pairs every step; held-out pairs)."""
+    if config.data == "arithmetic":
+        try:
+            return None, arithmetic_pairs(config.ops, config.digits, config.val_pairs, config.seed + 1, "test")
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (--val-pairs)") from None
+    pairs = read_pairs(config.data)
+    random.Random(config.seed).shuffle(pairs)
+    n_val = max(1, min(config.val_pairs, len(pairs) // 10))
+    return pairs[n_val:], pairs[:n_val]
+
+
+@torch.no_grad()
+def policy_pairs(model: nn.Module, tokenizer: Tokenizer, asked: list[Question], samples: int = 4,
+                 seed: int = 0) -> list[Pair]:
+    """Pairs whose rejected reply is a wrong answer the model itself samples (temperature 1).
+
+    A reward model trained only on made-up near misses can score the policy's own mistakes
+    highly, and PPO then climbs those scores instead of correctness; comparisons of model
+    samples are also what InstructGPT's labelers ranked.
+    """
+    from quillgpt.posttrain.rollout import sample_replies
+
+    prompts = [prompt_ids(tokenizer, q.messages()) for q in asked for _ in range(samples)]
+    rollouts = sample_replies(model, prompts, 8, end_id(tokenizer), generator=torch.Generator().manual_seed(seed))
+    out, seen = [], set()
+    for i, r in enumerate(rollouts):
+        q = asked[i // samples]
+        reply = tokenizer.decode(r.response[:-1]) if r.finished else ""
+        if well_formed(reply) and reply != q.answer and (q, reply) not in seen:
+            seen.add((q, reply))
+            out.append(Pair(q.text, q.answer, reply))
+    return out
+
+
+def encode_reply(tokenizer: Tokenizer, prompt: str, reply: str) -> list[int]:
+    return encode_conversation(tokenizer, [Message("user", prompt), Message("assistant", reply)]).ids
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, block_size: int,
+             device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (B, T) ids and each row's last index; a row longer than the context is an error."""
+    longest = max(len(r) for r in rows)
+    if longest > block_size:
+        raise DataError(f"a conversation of {longest} tokens does not fit the context of {block_size}: "
+                        "shorten the prompt or reply")
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    return ids.to(device), torch.tensor([len(r) - 1 for r in rows], device=device)
+
+
+def score_pairs(model: RewardModel, tokenizer: Tokenizer, pairs: list[Pair],
+                batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (chosen, rejected) of every pair."""
+    device = next(model.parameters()).device
+    pad = tokenizer.special_ids["<|end|>"]
+    chosen, rejected = [], []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        rows = [encode_reply(tokenizer, p.prompt, p.chosen) for p in chunk]
+        rows += [encode_reply(tokenizer, p.prompt, p.rejected) for p in chunk]
+        scores = model(*pad_rows(rows, pad, model.block_size, device))
+        chosen.append(scores[: len(chunk)])
+        rejected.append(scores[len(chunk):])
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+@torch.no_grad()
+def evaluate_pairs(model: RewardModel, tokenizer: Tokenizer, pairs: list[Pair]) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    chosen, rejected = score_pairs(model, tokenizer, pairs)
+    model.train(was_training)
+    return {"accuracy": pairwise_accuracy(chosen, rejected), "loss": float(bradley_terry_loss(chosen, rejected)),
+            "margin": float((chosen - rejected).mean())}
+
+
+def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = True) -> dict[str, Any]:
+    """Train a reward model from ``base`` (an SFT run); save it in ``config.out_dir``; return the summary."""
+    config.validate()
+    require_chat_format(base.tokenizer, str(base.run_dir))
+    train_pairs, val_pairs = split_pairs(config)
+    own_train, own_val = [], []
+    if config.policy_pairs and config.data == "arithmetic":  # sampled before the backbone starts to change
+        own_train = policy_pairs(base.model, base.tokenizer,
+                                 fresh_questions(random.Random(config.seed + 2), config.ops, config.digits,
+                                                 config.policy_pairs), seed=config.seed)
+        own_val = policy_pairs(base.model, base.tokenizer, [q for q in questions(
+            config.ops, config.digits, config.val_pairs, config.seed + 3, "test")], seed=config.seed + 1)
+    torch.manual_seed(config.seed)
+    model = RewardModel(base.model)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
+    rng = random.Random(config.seed)
+    history: list[dict[str, Any]] = []
+    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(Path(config.out_dir) / "metrics.jsonl")
+    log.path.unlink(missing_ok=True)
+    tic = time.perf_counter()
+    bar = tqdm(range(1, config.steps + 1), desc="reward model", disable=not progress, leave=False)
+    for step in bar:
+        n_own = config.batch_size // 2 if own_train else 0
+        batch = (fresh_pairs(rng, config.ops, config.digits, config.batch_size - n_own) if train_pairs is None
+                 else [train_pairs[rng.randrange(len(train_pairs))] for _ in range(config.batch_size - n_own)])
+        batch += [own_train[rng.randrange(len(own_train))] for _ in range(n_own)]
+        chosen, rejected = score_pairs(model, base.tokenizer, batch, batch_size=len(batch))
+        loss = bradley_terry_loss(chosen, rejected)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % config.eval_interval == 0 or step == config.steps:
+            held_out = evaluate_pairs(model, base.tokenizer, val_pairs)
+            own = ({f"val_own_{k}": v for k, v in evaluate_pairs(model, base.tokenizer, own_val).items()}
+                   if own_val else {})
+            history.append({"step": step, "train_loss": loss.item(), "train_accuracy": pairwise_accuracy(
+                chosen.detach(), rejected.detach()), **{f"val_{k}": v for k, v in held_out.items()}, **own,
+                "seconds": time.perf_counter() - tic})
+            log.append({"kind": "eval", **history[-1]})
+            mine = f", on the model's own wrong answers {100 * own['val_own_accuracy']:.2f}%" if own else ""
+            tqdm.write(f"  step {step:>5}: train loss {loss.item():.4f}, held-out pairwise accuracy "
+                       f"{100 * held_out['accuracy']:.2f}%{mine} ({history[-1]['seconds']:.0f} s)")
+    summary = {"steps": config.steps, "seconds": time.perf_counter() - tic, "val_pairs": len(val_pairs),
+               "policy_pairs": len(own_train), "val_own_pairs": len(own_val),
+               **history[-1], "history": history}
+    save_reward_model(Path(config.out_dir), model, base, config, summary)
+    return summary
+
+
+def save_reward_model(run_dir: Path, model: RewardModel, base: LoadedRun, config: RewardConfig,
+                      summary: dict[str, Any]) -> None:
+    write_run_files(run_dir, base.config, base.tokenizer, {"dataset": f"reward:{config.data}",
+                                                           "reward": dataclasses.asdict(config)})
+    write_checkpoint(run_dir, config.steps, model.backbone.state_dict(),
+                     extra_files={HEAD_FILE: model.head.state_dict()})
+    atomic_write_json(run_dir / INFO_FILE, {"base": str(base.run_dir), "config": dataclasses.asdict(config),
+                                            "summary": summary})
+
+
+def load_reward_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, Tokenizer]:
+    """A reward model saved by ``quill reward train``, in eval mode."""
+    run = load_run(run_dir, which="latest", device=device)
+    head_path = run.checkpoint / HEAD_FILE
+    if not head_path.is_file():
+        raise CheckpointError(f"{run.run_dir} is not a reward model (no {HEAD_FILE}): train one with "
+                              "quill reward train SFT_RUN")
+    model = RewardModel(run.model)
+    model.head.load_state_dict(read_tensors(head_path, model.head.state_dict()))
+    return model.to(device).eval(), run.tokenizer
+
+
+def describe(summary: dict[str, Any]) -> str:
+    own = (f"; {100 * summary['val_own_accuracy']:.2f}% on {summary['val_own_pairs']} held-out pairs against the "
+           "model's own wrong answers" if summary.get("val_own_pairs") else "")
+    return (f"reward model: held-out pairwise accuracy {100 * summary['val_accuracy']:.2f}% on "
+            f"{summary['val_pairs']} pairs (loss {summary['val_loss']:.4f}, mean margin {summary['val_margin']:.2f})"
+            f"{own}; {summary['steps']} steps in {summary['seconds']:.0f} s")
+
+
+def pairs_to_jsonl(pairs: list[Pair]) -> str:
+    return "".join(json.dumps(dataclasses.asdict(p)) + "\n" for p in pairs)

@@ -1,0 +1,263 @@
+"""Reinforcement learning on a chat model: the loop PPO and GRPO share.
+
+Each step asks the policy fresh arithmetic questions (train split), samples replies, scores
+them (a Python function, or a reward model), and hands rollouts and rewards to the algorithm
+(``ppo.PPO`` or ``grpo.GRPO``), which updates the policy while a frozen copy of the starting
+model (the reference) anchors it through a KL penalty. Every ``eval_interval`` steps the
+policy answers held-out questions greedily; the exact-match accuracy is the number that counts.
+The result is a normal run directory (the policy; ``quill chat``, ``quill task eval`` and
+``quill serve`` take it), plus ``rl.json`` and ``rl.png`` with the curves.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from quillgpt.chat import end_id, prompt_ids, require_chat_format
+from quillgpt.checkpoint import LoadedRun, write_checkpoint, write_run_files
+from quillgpt.config import check_positive_fields
+from quillgpt.errors import ConfigError
+from quillgpt.fsutil import atomic_write, atomic_write_json
+from quillgpt.metrics import MetricsLog
+from quillgpt.posttrain.evaluate import ChatReport, answer_all
+from quillgpt.posttrain.rollout import Rollout, RolloutBatch, sample_replies
+from quillgpt.tasks.questions import Question, exact_match, fresh_questions, questions
+from quillgpt.tokenizers import Tokenizer
+
+RewardFn = Callable[[list[Question], list[Rollout]], torch.Tensor]
+
+
+@dataclass
+class RLConfig:
+    """``quill rl ppo|grpo``: every field is a flag. Defaults suit GRPO; PPO's are set by ``ppo_defaults``."""
+
+    reward: str = "task:arithmetic"  # task:arithmetic (exact match 1/0) or model:RM_DIR (a reward model)
+    ops: str = "+-"  # the questions asked: operators
+    digits: int = 3  # and operands of 1..digits digits
+    steps: int = 150
+    prompts_per_step: int = 16
+    samples_per_prompt: int = 16  # GRPO's group size (nanochat: 16)
+    max_new_tokens: int = 8
+    temperature: float = 1.0
+    top_k: int = 0  # 0: the full distribution (what the policy gradient assumes)
+    lr: float = 3e-5
+    warmup: int = 10  # steps of linear learning-rate warmup (Adam's first steps are sign-sized: keep them small)
+    epochs: int = 1  # passes over each batch of rollouts
+    minibatches: int = 1  # optimizer steps per pass
+    clip: float = 0.2  # PPO ratio clip (both algorithms)
+    kl_coef: float = 0.02  # beta: weight of the KL penalty to the reference
+    kl_target: float = 0.0  # > 0: adapt kl_coef so the KL per reply tracks this (Ziegler et al. 2019)
+    kl_horizon: float = 10_000.0
+    scale_advantages: bool = True  # GRPO: divide by the group's std (False: nanochat's r - mean)
+    gamma: float = 1.0  # PPO: discount
+    lam: float = 0.95  # PPO: GAE lambda
+    vf_coef: float = 0.5  # PPO: weight of the value loss
+    value_clip: float = 0.2  # PPO: value clip
+    value_lr: float = 1e-4  # PPO: value model learning rate
+    unfinished_reward: float = -1.0  # model reward: a reply that never ends gets this, not a score
+    grad_clip: float = 1.0
+    eval_interval: int = 25
+    eval_questions: int = 500
+    eval_seed: int = 1000  # draws the held-out questions (test split)
+    seed: int = 0
+    out_dir: str = ""
+
+    def validate(self) -> None:
+        check_positive_fields(self, "digits", "steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens",
+                              "epochs", "minibatches", "eval_interval", "eval_questions")
+        if not (self.lr > 0 and self.temperature > 0):
+            raise ConfigError("lr and temperature must be > 0")
+        if self.kl_coef < 0 or self.kl_target < 0 or not 0 < self.clip < 1:
+            raise ConfigError("kl_coef and kl_target must be >= 0 and clip in (0, 1)")
+        if not (self.reward == "task:arithmetic" or self.reward.startswith("model:")):
+            raise ConfigError(f"unknown reward {self.reward!r}: use task:arithmetic or model:RM_DIR")
+        if (self.prompts_per_step * self.samples_per_prompt) % self.minibatches:
+            raise ConfigError("prompts_per_step * samples_per_prompt must divide into minibatches evenly")
+
+
+class Algorithm(Protocol):
+    name: str
+
+    def update(self, batch: RolloutBatch, scores: torch.Tensor) -> dict[str, float]: ...
+
+
+def task_reward(tokenizer: Tokenizer) -> RewardFn:
+    """Exact match: 1.0 when the reply ends and is exactly the right number (nanochat's GSM8K reward)."""
+    def score(asked: list[Question], rollouts: list[Rollout]) -> torch.Tensor:
+        return torch.tensor([exact_match(q, tokenizer.decode(r.response[:-1])) if r.finished else 0.0
+                             for q, r in zip(asked, rollouts, strict=True)])
+    return score
+
+
+def model_reward(path: str, tokenizer: Tokenizer, unfinished: float, device: torch.device) -> RewardFn:
+    """A reward model's score of the whole conversation (it shares the policy's tokenizer, so it
+    reads the sampled ids as they are); a reply without ``<|end|>`` gets ``unfinished``."""
+    from quillgpt.posttrain.reward import load_reward_model
+
+    model, rm_tokenizer = load_reward_model(path, device)
+    if rm_tokenizer != tokenizer:
+        raise ConfigError(f"the reward model {path} uses another tokenizer than the policy: train it from "
+                          "the policy's SFT run (quill reward train SFT_RUN)")
+
+    @torch.no_grad()
+    def score(asked: list[Question], rollouts: list[Rollout]) -> torch.Tensor:
+        batch = RolloutBatch.from_rollouts(rollouts, end_id(tokenizer), device)
+        scores = model(batch.ids, batch.last).cpu()
+        finished = torch.tensor([r.finished for r in rollouts])
+        return torch.where(finished, scores, torch.full_like(scores, unfinished))
+    return score
+
+
+def optimizer_for(model: nn.Module, lr: float, warmup: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW with a linear warmup over ``warmup`` RL steps (the scheduler steps once per RL step)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)))
+    return optimizer, schedule
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+class RLRun:
+    """Rollouts, evaluation, logging and saving around an ``Algorithm``."""
+
+    def __init__(self, policy_run: LoadedRun, config: RLConfig, make_algorithm: Callable[..., Algorithm],
+                 progress: bool = True, reward: RewardFn | None = None) -> None:
+        config.validate()
+        self.run, self.config, self.progress = policy_run, config, progress
+        self.tokenizer = policy_run.tokenizer
+        require_chat_format(self.tokenizer, str(policy_run.run_dir))
+        self.device = next(policy_run.model.parameters()).device
+        torch.manual_seed(config.seed)
+        self.policy = policy_run.model
+        self.reference = frozen_copy(self.policy)
+        self.reward = reward or (task_reward(self.tokenizer) if config.reward == "task:arithmetic" else
+                       model_reward(config.reward.removeprefix("model:"), self.tokenizer, config.unfinished_reward,
+                                    self.device))
+        self.algorithm = make_algorithm(self.policy, self.reference, config)
+        self.rng = random.Random(config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.held_out = questions(config.ops, config.digits, config.eval_questions, config.eval_seed, "test")
+        self.run_dir = Path(config.out_dir)
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+
+    def evaluate(self) -> ChatReport:
+        return ChatReport(answer_all(self.policy, self.tokenizer, self.held_out))
+
+    def rollouts(self) -> tuple[list[Question], list[Rollout]]:
+        c = self.config
+        asked = [q for q in fresh_questions(self.rng, c.ops, c.digits, c.prompts_per_step)
+                 for _ in range(c.samples_per_prompt)]  # a group of samples per question, side by side
+        prompts = [prompt_ids(self.tokenizer, q.messages()) for q in asked]
+        rollouts = sample_replies(self.policy, prompts, c.max_new_tokens, end_id(self.tokenizer), c.temperature,
+                                  c.top_k or None, generator=self.generator)
+        return asked, rollouts
+
+    def train(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log.path.unlink(missing_ok=True)
+        tic = time.perf_counter()
+        start = self.evaluate()
+        history = [{"step": 0, "accuracy": start.accuracy, "format": start.format_rate}]
+        self.log.append({"kind": "eval", **history[0]})
+        bar = tqdm(range(1, self.config.steps + 1), desc=f"rl {self.algorithm.name}", disable=not self.progress,
+                   leave=False)
+        for step in bar:
+            asked, rollouts = self.rollouts()
+            scores = self.reward(asked, rollouts)
+            batch = RolloutBatch.from_rollouts(rollouts, end_id(self.tokenizer), self.device)
+            stats = self.algorithm.update(batch, scores.to(self.device))
+            record = {"kind": "train", "step": step, "reward": float(scores.mean()),
+                      "correct": float(task_reward(self.tokenizer)(asked, rollouts).mean()),
+                      "length": sum(len(r.response) for r in rollouts) / len(rollouts),
+                      "seconds": time.perf_counter() - tic, **stats}
+            self.log.append(record)
+            if step % self.config.eval_interval == 0 or step == self.config.steps:
+                report = self.evaluate()
+                history.append({"step": step, "accuracy": report.accuracy, "format": report.format_rate})
+                self.log.append({"kind": "eval", **history[-1]})
+            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{stats['kl']:.3f}",
+                            acc=f"{history[-1]['accuracy']:.3f}")
+        summary = {"algorithm": self.algorithm.name, "steps": self.config.steps,
+                   "seconds": time.perf_counter() - tic, "start_accuracy": history[0]["accuracy"],
+                   "accuracy": history[-1]["accuracy"], "format": history[-1]["format"],
+                   "kl": _mean_last(self.log.read(), "kl"), "reward": _mean_last(self.log.read(), "reward"),
+                   "held_out": len(self.held_out), "final_report": report.format("held-out"),
+                   "kl_held_out": measure_kl(self.policy, self.reference, self.tokenizer, self.held_out[:200],
+                                             self.generator, self.config.max_new_tokens)}
+        self.save(summary)
+        return summary
+
+    def save(self, summary: dict[str, Any]) -> None:
+        save_policy(self.run_dir, self.run, self.policy, "rl.json",
+                    {"config": dataclasses.asdict(self.config), "summary": summary}, f"rl:{self.config.reward}")
+        plot_rl(self.log.read(), self.run_dir / "rl.png", f"{self.algorithm.name} from {self.run.run_dir.name}")
+
+
+def save_policy(run_dir: Path, base: LoadedRun, policy: nn.Module, info_name: str, info: dict[str, Any],
+                dataset: str) -> None:
+    """Save a post-trained policy as a normal run (config, tokenizer, checkpoint) plus ``info_name``."""
+    steps = int(info["summary"]["steps"])
+    write_run_files(run_dir, base.config, base.tokenizer, {"dataset": dataset, "from": str(base.run_dir)})
+    write_checkpoint(run_dir, steps, policy.state_dict())
+    atomic_write_json(run_dir / info_name, {**info, "from": str(base.run_dir)})
+
+
+@torch.no_grad()
+def measure_kl(policy: nn.Module, reference: nn.Module, tokenizer: Tokenizer, asked: list[Question],
+               generator: torch.Generator, max_new_tokens: int = 8) -> float:
+    """KL(policy || reference) per reply, estimated on replies the policy samples (temperature 1) to
+    ``asked``: the same yardstick for every algorithm (the x axis of the DPO paper's Fig. 2)."""
+    from quillgpt.posttrain.grpo import kl_per_reply, sampled_logprobs
+
+    prompts = [prompt_ids(tokenizer, q.messages()) for q in asked]
+    rollouts = sample_replies(policy, prompts, max_new_tokens, end_id(tokenizer), generator=generator)
+    batch = RolloutBatch.from_rollouts(rollouts, end_id(tokenizer), next(policy.parameters()).device)
+    return kl_per_reply(sampled_logprobs(policy, batch.ids), sampled_logprobs(reference, batch.ids),
+                        batch.response_mask.float())
+
+
+def _mean_last(records: list[dict[str, Any]], key: str, n: int = 10) -> float:
+    values = [r[key] for r in records if r.get("kind") == "train" and key in r][-n:]
+    return sum(values) / max(1, len(values))
+
+
+def plot_rl(records: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Reward, KL, entropy and reply length per step, and held-out accuracy, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    panels = [("reward", "mean reward"), ("kl", "KL to reference (per reply)"), ("entropy", "entropy (nats/token)"),
+              ("length", "reply length (tokens)")]
+    fig, axes = plt.subplots(1, 5, figsize=(18, 3.4), dpi=100)
+    for ax, (key, label) in zip(axes, panels, strict=False):
+        ax.plot([r["step"] for r in train], [r.get(key, float("nan")) for r in train], linewidth=1)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[-1].plot([r["step"] for r in evals], [100 * r["accuracy"] for r in evals], "o-", color="tab:green")
+    axes[-1].set_title("held-out exact match (%)", fontsize=9)
+    axes[-1].set_xlabel("step")
+    axes[-1].grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)

@@ -1,0 +1,559 @@
+"""An OpenAI-compatible HTTP server for a trained run, and the playground at ``/``.
+
+    GET  /health                   liveness and scheduler counters (no key needed)
+    GET  /v1/models                the one model this server serves (named after the run directory)
+    POST /v1/completions           text in, text out (stream: server-sent events ending in [DONE])
+    POST /v1/chat/completions      only for runs whose tokenizer has the chat format (quillgpt.chat)
+    GET  /v1/info                  the model's shape and training step, for the playground
+    POST /v1/inspect               attention weights of one layer/head and the top next tokens per position
+
+Requests are checked by hand, not by pydantic, so that every bad input gets a 4xx in the
+OpenAI error shape ``{"error": {"message", "type", "param", "code"}}`` (400 bad value,
+401 missing/wrong key, 404 unknown model or route, 413 body too large, 503 + Retry-After when
+the queue is full) and a 500 means a bug. Generation runs in ``Scheduler``'s worker thread;
+each request reads its tokens from an asyncio queue.
+
+Context rule: the prompt (after tokenization, with the chat template for chat) must have at
+most block_size tokens, else 400 ``context_length_exceeded``. Generation may run past the
+context: the model then sees the newest block_size // 2 .. block_size tokens, as in ``quill sample``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from quillgpt.chat import ROLES, Message, end_id, has_chat_format, prompt_ids
+from quillgpt.checkpoint import LoadedRun
+from quillgpt.errors import QuillError
+from quillgpt.serve.batching import RowParams
+from quillgpt.serve.inspect import inspect, top_alternatives
+from quillgpt.serve.scheduler import QueueFullError, Scheduler, Sequence
+from quillgpt.tokenizers import StreamDecoder, Tokenizer
+
+
+@dataclass
+class ServeOptions:
+    api_key: str | None = None
+    max_batch: int = 32  # sequences decoded together in one forward pass
+    max_queue: int = 128  # sequences waiting for a slot; beyond that: 503 + Retry-After
+    max_tokens_cap: int = 1024  # the largest max_tokens a request may ask for
+    max_n: int = 8  # choices per request
+    max_body_bytes: int = 1_000_000
+    retry_after_s: int = 1
+    model_name: str | None = None  # default: the run directory's name
+
+
+class APIError(Exception):
+    """A request the server refuses, rendered in the OpenAI error shape."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+
+def error_response(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading and checking a request body
+# ---------------------------------------------------------------------------------------
+
+
+async def read_json(request: Request, cap: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise APIError(413, f"request body of {declared} bytes is larger than the limit of {cap} bytes",
+                       code="request_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise APIError(413, f"request body is larger than the limit of {cap} bytes", code="request_too_large")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"could not parse the JSON body: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the JSON body must be an object", code="invalid_json")
+    return data
+
+
+def get_number(body: dict[str, Any], name: str, default: float | None, lo: float, hi: float,
+               integer: bool = False) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not lo <= value <= hi:
+        what = "an integer" if integer else "a number"
+        raise APIError(400, f"{name} must be {what} in [{lo}, {hi}], got {value!r}", param=name,
+                       code="invalid_value")
+    return value
+
+
+def get_stops(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if (not isinstance(stops, list) or len(stops) > 4
+            or not all(isinstance(s, str) and s for s in stops)):
+        raise APIError(400, "stop must be a non-empty string or a list of up to 4 of them", param="stop",
+                       code="invalid_value")
+    return stops
+
+
+@dataclass
+class Sampling:
+    max_tokens: int
+    params: RowParams
+    seed: int | None
+    n: int
+    stops: list[str]
+    stream: bool
+    include_usage: bool
+
+
+def read_sampling(body: dict[str, Any], options: ServeOptions, default_max_tokens: int) -> Sampling:
+    cap = options.max_tokens_cap
+    max_tokens = get_number(body, "max_tokens", None, 1, cap, integer=True)
+    if max_tokens is None:  # the chat API's newer name
+        max_tokens = get_number(body, "max_completion_tokens", min(default_max_tokens, cap), 1, cap, integer=True)
+    temperature = get_number(body, "temperature", 1.0, 0.0, 2.0)
+    top_p = get_number(body, "top_p", 1.0, 0.0, 1.0)
+    if top_p == 0:
+        raise APIError(400, "top_p must be > 0 (use temperature 0 for greedy)", param="top_p", code="invalid_value")
+    top_k = get_number(body, "top_k", None, 1, 1_000_000, integer=True)  # an extension, as in vLLM
+    seed = get_number(body, "seed", None, -(2**63), 2**63 - 1, integer=True)
+    n = get_number(body, "n", 1, 1, options.max_n, integer=True)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise APIError(400, "stream must be true or false", param="stream", code="invalid_value")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise APIError(400, "stream_options must be an object", param="stream_options", code="invalid_value")
+    for unsupported in ("logprobs", "echo", "suffix", "best_of", "tools", "functions"):
+        value = body.get(unsupported)
+        if value and not (unsupported == "best_of" and value == 1):
+            raise APIError(400, f"{unsupported} is not supported by this server: leave it out", param=unsupported,
+                           code="unsupported_parameter")
+    params = RowParams(float(temperature), top_k, None if top_p >= 1 else float(top_p))
+    return Sampling(max_tokens, params, seed, n, get_stops(body), stream,
+                    bool(stream_options.get("include_usage", False)))
+
+
+# ---------------------------------------------------------------------------------------
+# Turning one sequence's tokens into text, with stop strings
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Choice:
+    """The text of one choice as it streams: incremental UTF-8 decoding, then stop strings."""
+
+    decoder: StreamDecoder
+    stops: list[str]
+    pending: str = ""  # decoded, not yet sent: it might be the start of a stop string
+    text: str = ""  # sent so far
+    tokens: int = 0  # tokens that made up the text (up to and including one that completed a stop)
+    finish_reason: str | None = None
+
+    def feed(self, token: int) -> str:
+        self.tokens += 1
+        self.pending += self.decoder.feed([token])
+        return self._release()
+
+    def close(self, reason: str) -> str:
+        self.pending += self.decoder.flush()
+        delta = self._release(final=True)
+        self.finish_reason = self.finish_reason or reason
+        return delta
+
+    def _release(self, final: bool = False) -> str:
+        """Send what cannot be part of a stop string; on a stop string, send what precedes it and finish."""
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending, self.finish_reason = self.pending[: min(hits)], "", "stop"
+        else:
+            hold = 0 if final else max((k for s in self.stops for k in range(1, len(s))
+                                        if self.pending.endswith(s[:k])), default=0)
+            out = self.pending[: len(self.pending) - hold]
+            self.pending = self.pending[len(self.pending) - hold:]
+        self.text += out
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    run: LoadedRun
+    options: ServeOptions
+    scheduler: Scheduler
+    name: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.run.tokenizer
+
+    @property
+    def chat(self) -> bool:
+        return has_chat_format(self.tokenizer)
+
+    def check_key(self, request: Request) -> None:
+        key = self.options.api_key
+        if key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                           code="invalid_api_key")
+
+    def check_model(self, body: dict[str, Any]) -> None:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise APIError(400, f"model is required: use {self.name!r} (see GET /v1/models)", param="model",
+                           code="missing_model")
+        if model != self.name:
+            raise APIError(404, f"the model {model!r} does not exist: this server has {self.name!r}",
+                           param="model", code="model_not_found")
+
+    def encode(self, text: str, param: str) -> list[int]:
+        try:
+            ids = self.tokenizer.encode(text) if text else self.tokenizer.start_ids()
+        except QuillError as exc:
+            raise APIError(400, str(exc), param=param, code="invalid_prompt") from None
+        return self.check_length(ids, param)
+
+    def check_length(self, ids: list[int], param: str) -> list[int]:
+        block = self.scheduler.block_size
+        if len(ids) > block:
+            raise APIError(400, f"the prompt has {len(ids)} tokens but the model's context is {block}: "
+                           "shorten the prompt", param=param, code="context_length_exceeded")
+        return ids
+
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "quillgpt"}
+
+    def info(self) -> dict[str, Any]:
+        c = self.run.config.model
+        return {"model": self.name, "step": self.run.step, "parameters": sum(p.numel() for p in
+                                                                             self.run.model.parameters()),
+                "tokenizer": self.tokenizer.describe(), "vocab_size": c.vocab_size, "block_size": c.block_size,
+                "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "chat": self.chat,
+                "max_tokens_cap": self.options.max_tokens_cap}
+
+    def sequences(self, prompts: list[list[int]], sampling: Sampling, stop_ids: frozenset[int],
+                  emit: Callable[[int, int | None], None]) -> list[Sequence]:
+        """One Sequence per (prompt, choice); choice i of a seeded request uses seed + i."""
+        seqs = []
+        for p, ids in enumerate(prompts):
+            for j in range(sampling.n):
+                index = p * sampling.n + j
+                seed = secrets.randbits(62) if sampling.seed is None else sampling.seed + j
+                generator = torch.Generator().manual_seed(seed % 2**63)
+                seqs.append(Sequence(list(ids), sampling.max_tokens, sampling.params, generator,
+                                     lambda token, i=index: emit(i, token), stop_ids))
+        return seqs
+
+    async def generate(self, request: Request, prompts: list[list[int]], sampling: Sampling,
+                       stop_ids: frozenset[int]) -> AsyncIterator[tuple[int, str, Choice]]:
+        """Yield (choice index, new text, choice) as tokens arrive; cancel everything when done or abandoned."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, int | None]] = asyncio.Queue()
+
+        def emit(index: int, token: int | None) -> None:
+            with suppress(RuntimeError):  # the event loop is closed: the server is shutting down
+                loop.call_soon_threadsafe(queue.put_nowait, (index, token))
+
+        seqs = self.sequences(prompts, sampling, stop_ids, emit)
+        choices = [Choice(StreamDecoder(self.tokenizer), sampling.stops) for _ in seqs]
+        try:
+            self.scheduler.submit(seqs)
+        except QueueFullError as exc:
+            raise APIError(503, f"the server is busy ({exc}): retry after {self.options.retry_after_s} s",
+                           kind="server_error", code="queue_full",
+                           headers={"Retry-After": str(self.options.retry_after_s)}) from None
+        open_choices = set(range(len(seqs)))
+        checked = time.monotonic()
+        try:
+            while open_choices:
+                # A client that hangs up is noticed by asking (every 0.25 s): also while its request
+                # waits in the queue, and without a stream, where no failed write would tell.
+                if time.monotonic() - checked > 0.25:
+                    if await request.is_disconnected():
+                        return
+                    checked = time.monotonic()
+                try:
+                    items = [await asyncio.wait_for(queue.get(), timeout=0.25)]
+                except asyncio.TimeoutError:
+                    continue
+                while not queue.empty():  # a slow reader gets every waiting token in one piece
+                    items.append(queue.get_nowait())
+                for index, token in items:
+                    if index not in open_choices:
+                        continue
+                    choice = choices[index]
+                    delta = choice.close(seqs[index].finish_reason) if token is None else choice.feed(token)
+                    if choice.finish_reason is not None:
+                        seqs[index].cancel()  # a stop string: the scheduler drops it at its next step
+                        open_choices.discard(index)
+                    yield index, delta, choice
+        finally:
+            for seq in seqs:
+                seq.cancel()
+
+    def usage(self, prompts: list[list[int]], sampling: Sampling, choices: list[Choice]) -> dict[str, int]:
+        prompt_tokens = sum(len(p) for p in prompts)
+        completion = sum(c.tokens for c in choices)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion}
+
+
+def sse(data: Any) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
+    """A FastAPI app serving ``run``; its scheduler thread starts now and stops at shutdown."""
+    options = options or ServeOptions()
+    model = run.model.eval()
+    scheduler = Scheduler(model, options.max_batch, options.max_queue)
+    server = Server(run, options, scheduler, options.model_name or run.run_dir.resolve().name)
+    scheduler.start()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler.start()
+        yield
+        scheduler.stop()
+
+    app = FastAPI(title="quillgpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+    static = resources.files("quillgpt.serve") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.kind, exc.param, exc.code, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return error_response(exc.status_code, message, "invalid_request_error", code="not_found")
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        return FileResponse(str(static / "index.html"))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        s = scheduler.stats
+        return {"status": "ok", "model": server.name, "active": scheduler.active, "waiting": scheduler.waiting,
+                "tokens_generated": s.tokens_generated, "decode_steps": s.steps, "prefills": s.prefills,
+                "max_batch_seen": s.max_batch_seen}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        server.check_key(request)
+        return {"object": "list", "data": [server.model_card()]}
+
+    @app.get("/v1/models/{model_id}")
+    async def model_card(model_id: str, request: Request) -> dict[str, Any]:
+        server.check_key(request)
+        server.check_model({"model": model_id})
+        return server.model_card()
+
+    @app.get("/v1/info")
+    async def info(request: Request) -> dict[str, Any]:
+        server.check_key(request)
+        return server.info()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        server.check_key(request)
+        body = await read_json(request, options.max_body_bytes)
+        server.check_model(body)
+        prompt = body.get("prompt", "")
+        texts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise APIError(400, "prompt must be a string or a non-empty list of strings", param="prompt",
+                           code="invalid_value")
+        prompts = [server.encode(t, "prompt") for t in texts]
+        sampling = read_sampling(body, options, default_max_tokens=16)
+        return await respond(request, prompts, sampling, frozenset(), chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        server.check_key(request)
+        body = await read_json(request, options.max_body_bytes)
+        server.check_model(body)
+        if not server.chat:
+            raise APIError(400, f"{server.name} has no chat format (its tokenizer lacks the chat tokens): use "
+                           "/v1/completions, or finetune it on conversations with quill sft",
+                           param="messages", code="chat_not_supported")
+        messages = read_messages(body.get("messages"))
+        try:
+            ids = prompt_ids(server.tokenizer, messages)
+        except QuillError as exc:
+            raise APIError(400, str(exc), param="messages", code="invalid_prompt") from None
+        prompts = [server.check_length(ids, "messages")]
+        sampling = read_sampling(body, options, default_max_tokens=256)
+        return await respond(request, prompts, sampling, frozenset({end_id(server.tokenizer)}), chat=True)
+
+    async def respond(request: Request, prompts: list[list[int]], sampling: Sampling, stop_ids: frozenset[int],
+                      chat: bool) -> Any:
+        rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+        head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                "model": server.name}
+        if not sampling.stream:
+            choices: dict[int, Choice] = {}
+            async for index, _, choice in server.generate(request, prompts, sampling, stop_ids):
+                choices[index] = choice
+            ordered = [choices[i] for i in sorted(choices)]
+            if chat:
+                out = [{"index": i, "message": {"role": "assistant", "content": c.text},
+                        "finish_reason": c.finish_reason} for i, c in enumerate(ordered)]
+            else:
+                out = [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+                       for i, c in enumerate(ordered)]
+            return {**head, "choices": out, "usage": server.usage(prompts, sampling, ordered)}
+        chunk_head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
+        stream = server.generate(request, prompts, sampling, stop_ids)
+        first = await anext_or_none(stream)  # raises 503 (queue full) here, before the response starts
+
+        def chunk(index: int, delta: str, finish: str | None, role: bool = False) -> str:
+            if chat:
+                body: dict[str, Any] = {"role": "assistant", "content": delta} if role else {"content": delta}
+                if finish is not None and not delta:
+                    body = {}
+                choice: dict[str, Any] = {"index": index, "delta": body, "finish_reason": finish}
+            else:
+                choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": finish}
+            return sse({**chunk_head, "choices": [choice]})
+
+        async def events() -> AsyncIterator[str]:
+            seen: dict[int, Choice] = {}
+            try:
+                if chat:
+                    for i in range(len(prompts) * sampling.n):
+                        yield chunk(i, "", None, role=True)
+                pending = [first] if first is not None else []
+                while True:
+                    for index, delta, choice in pending:
+                        seen[index] = choice
+                        if delta or choice.finish_reason is not None:
+                            yield chunk(index, delta, choice.finish_reason)
+                    item = await anext_or_none(stream)
+                    if item is None:
+                        break
+                    pending = [item]
+                if sampling.include_usage:
+                    ordered = [seen[i] for i in sorted(seen)]
+                    yield sse({**chunk_head, "choices": [], "usage": server.usage(prompts, sampling, ordered)})
+                yield "data: [DONE]\n\n"
+            finally:
+                await stream.aclose()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/inspect")
+    async def inspect_text(request: Request) -> dict[str, Any]:
+        server.check_key(request)
+        body = await read_json(request, options.max_body_bytes)
+        server.check_model(body)
+        text = body.get("text")
+        if not isinstance(text, str) or not text:
+            raise APIError(400, "text must be a non-empty string", param="text", code="invalid_value")
+        c = run.config.model
+        layer = get_number(body, "layer", 0, 0, c.n_layer - 1, integer=True)
+        head = get_number(body, "head", 0, 0, c.n_head - 1, integer=True)
+        k = get_number(body, "top_k", 5, 1, 50, integer=True)
+        try:
+            ids = server.tokenizer.encode(text)
+        except QuillError as exc:
+            raise APIError(400, str(exc), param="text", code="invalid_prompt") from None
+        offset = max(0, len(ids) - c.block_size)  # longer than the context: its newest block_size tokens
+        ids = ids[offset:]
+
+        def work() -> dict[str, Any]:
+            with scheduler.model_lock:
+                seen = inspect(model, ids)
+            top_ids, top_probs = top_alternatives(seen.probs, k)
+            weights = seen.attention[layer, head]
+            return {
+                "model": server.name, "layer": layer, "head": head, "n_layer": c.n_layer, "n_head": c.n_head,
+                "offset": offset, "token_ids": ids, "tokens": [token_text(server.tokenizer, i) for i in ids],
+                "attention": [[round(w, 4) for w in row[: t + 1]] for t, row in enumerate(weights.tolist())],
+                # P(token t | tokens before it), for t >= 1: how expected each token on screen was.
+                "token_probs": [None] + [round(seen.probs[t - 1, ids[t]].item(), 4) for t in range(1, len(ids))],
+                "alternatives": [[{"token": token_text(server.tokenizer, i), "id": i, "prob": round(p, 4)}
+                                  for i, p in zip(row_ids, row_probs, strict=True)]
+                                 for row_ids, row_probs in zip(top_ids, top_probs, strict=True)],
+            }
+
+        return await asyncio.to_thread(work)
+
+    return app
+
+
+def read_messages(raw: Any) -> list[Message]:
+    if not isinstance(raw, list) or not raw:
+        raise APIError(400, "messages must be a non-empty list of {role, content} objects", param="messages",
+                       code="invalid_value")
+    messages = []
+    for i, item in enumerate(raw):
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            content = "".join(p for p in parts if isinstance(p, str)) if len(parts) == len(content) else None
+        role = item.get("role") if isinstance(item, dict) else None
+        if role == "developer":
+            role = "system"
+        if role not in ROLES or not isinstance(content, str):
+            raise APIError(400, f"messages[{i}] needs a role ({', '.join(ROLES)}) and text content",
+                           param=f"messages[{i}]", code="invalid_value")
+        messages.append(Message(role, content))
+    return messages
+
+
+def token_text(tokenizer: Tokenizer, token_id: int) -> str:
+    """How one token reads on its own (a byte-level piece of a character shows as U+FFFD)."""
+    return tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
+
+
+async def anext_or_none(stream: AsyncIterator[Any]) -> Any:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None

@@ -1,0 +1,111 @@
+"""Arithmetic questions in words and symbols, for chat finetuning and RL with a checkable reward.
+
+    user:      What is 17 plus 26?          user:      Subtract 8 from 120.
+    assistant: 43                           assistant: 112
+
+The problems come from ``tasks.arithmetic`` and keep its split: a hash of (a, op, b) puts each
+problem in train or test, so a held-out question is never trained on, whatever its wording.
+The wording is drawn at random from a few templates per operator, so the model has to read
+the question, not one fixed layout.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from quillgpt.chat import Message
+from quillgpt.tasks.arithmetic import Problem, draw_problem, problems
+
+TEMPLATES = {
+    "+": ("What is {a} plus {b}?", "{a} + {b} = ?", "Add {a} and {b}.", "What's the sum of {a} and {b}?",
+          "How much is {a} plus {b}?", "Compute {a}+{b}."),
+    "-": ("What is {a} minus {b}?", "{a} - {b} = ?", "Subtract {b} from {a}.", "What's {a} take away {b}?",
+          "How much is {a} minus {b}?", "Compute {a}-{b}."),
+    "*": ("What is {a} times {b}?", "{a} * {b} = ?", "Multiply {a} by {b}.", "What's the product of {a} and {b}?",
+          "How much is {a} times {b}?", "Compute {a}*{b}."),
+}
+ANSWER = re.compile(r"-?\d+")
+
+
+@dataclass(frozen=True)
+class Question:
+    """A problem and the wording it is asked in."""
+
+    problem: Problem
+    template: int = 0
+
+    @property
+    def text(self) -> str:
+        return TEMPLATES[self.problem.op][self.template].format(a=self.problem.a, b=self.problem.b)
+
+    @property
+    def answer(self) -> str:
+        return str(self.problem.result[0])
+
+    def messages(self, reply: str | None = None) -> list[Message]:
+        out = [Message("user", self.text)]
+        return out if reply is None else [*out, Message("assistant", reply)]
+
+
+def alphabet() -> str:
+    """Every character a question or answer can contain."""
+    return "".join(sorted(set("".join("".join(t) for t in TEMPLATES.values())) - set("{}") | set("0123456789-")))
+
+
+def _worded(rng: random.Random, chosen: list[Problem]) -> list[Question]:
+    return [Question(p, rng.randrange(len(TEMPLATES[p.op]))) for p in chosen]
+
+
+def questions(ops: str, digits: int, count: int, seed: int, split: str) -> list[Question]:
+    """``count`` distinct problems of ``split``, each worded at random; the same for the same seed."""
+    return _worded(random.Random(f"words:{seed}:{split}"), problems(ops, digits, count, seed, split))
+
+
+def fresh_questions(rng: random.Random, ops: str, digits: int, count: int) -> list[Question]:
+    """``count`` random train-split questions (repeats possible), for training on the fly."""
+    chosen: list[Problem] = []
+    while len(chosen) < count:
+        problem = draw_problem(rng, ops, digits)
+        if problem.split == "train":
+            chosen.append(problem)
+    return _worded(rng, chosen)
+
+
+def well_formed(reply: str) -> bool:
+    """The answer format: an optional minus sign and digits, nothing else."""
+    return ANSWER.fullmatch(reply) is not None
+
+
+def exact_match(question: Question, reply: str) -> float:
+    """The verifiable reward: 1.0 for exactly the right number, else 0.0."""
+    return float(reply == question.answer)
+
+
+def wrong_answer(question: Question, rng: random.Random) -> str:
+    """A plausible wrong answer: a near miss (off by 1, 10 or 100; two digits swapped; a digit
+    dropped or repeated; the sign flipped) or, one time in five, another number of similar size."""
+    right = question.answer
+    value = int(right)
+    for _ in range(100):
+        kind = rng.randrange(5)
+        if kind == 0:
+            guess = str(value + rng.choice((-1, 1)) * 10 ** rng.randrange(max(1, len(right.lstrip("-")))))
+        elif kind == 1 and len(right.lstrip("-")) >= 2:
+            digits = list(right.lstrip("-"))
+            i = rng.randrange(len(digits) - 1)
+            digits[i], digits[i + 1] = digits[i + 1], digits[i]
+            guess = ("-" if value < 0 else "") + "".join(digits).lstrip("0")
+        elif kind == 2 and len(right.lstrip("-")) >= 2:
+            i = rng.randrange(len(right.lstrip("-")))
+            body = right.lstrip("-")
+            guess = ("-" if value < 0 else "") + (body[:i] + body[i + 1:] if rng.random() < 0.5 else
+                                                  body[:i] + body[i] + body[i:])
+        elif kind == 3 and value != 0:
+            guess = str(-value)
+        else:
+            guess = str(rng.randint(-(10 ** len(right)), 10 ** len(right)))
+        if well_formed(guess) and guess != right:
+            return guess
+    return str(value + 1)

@@ -1,0 +1,149 @@
+"""RL and reward models end to end on tiny models: rewards rise, pairs get ranked, runs are saved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from quillgpt.chat import CHAT_TOKENS
+from quillgpt.checkpoint import LoadedRun, load_run
+from quillgpt.cli import main
+from quillgpt.config import ModelConfig, RunConfig
+from quillgpt.errors import ConfigError
+from quillgpt.models import build_model
+from quillgpt.posttrain.grpo import GRPO
+from quillgpt.posttrain.ppo import PPO, reply_rewards
+from quillgpt.posttrain.reward import RewardConfig, load_reward_model, train_reward_model
+from quillgpt.posttrain.rl import RLConfig, RLRun
+from quillgpt.posttrain.rollout import Rollout, RolloutBatch, sample_replies
+from quillgpt.tasks.questions import alphabet
+from quillgpt.tokenizers import CharTokenizer
+
+
+def tiny_chat_run(tmp_path: Path, seed: int = 0) -> LoadedRun:
+    torch.manual_seed(seed)
+    tokenizer = CharTokenizer(list(alphabet()), CHAT_TOKENS)
+    config = RunConfig(model=ModelConfig(vocab_size=tokenizer.vocab_size, block_size=48, n_layer=1, n_head=2,
+                                         n_embd=32, dropout=0.0))
+    model = build_model(config.model)
+    return LoadedRun(tmp_path / "policy", config, tokenizer, model, 0, tmp_path, {}, {})
+
+
+def first_token_reward(token_id: int):
+    def score(asked, rollouts):
+        return torch.tensor([float(bool(r.response) and r.response[0] == token_id) for r in rollouts])
+    return score
+
+
+@pytest.mark.parametrize("algorithm", [GRPO, PPO])
+def test_a_tiny_policy_learns_a_trivial_reward(tmp_path: Path, algorithm):
+    run = tiny_chat_run(tmp_path)
+    seven = run.tokenizer.stoi["7"]
+    config = RLConfig(reward="task:arithmetic", digits=1, steps=25, prompts_per_step=8, samples_per_prompt=8,
+                      max_new_tokens=2, lr=1e-2, value_lr=1e-2, kl_coef=0.0, eval_interval=100, eval_questions=5,
+                      out_dir=str(tmp_path / "out"))
+    rl = RLRun(run, config, algorithm, progress=False, reward=first_token_reward(seven))
+    summary = rl.train()
+    rewards = [r["reward"] for r in rl.log.read() if r["kind"] == "train"]
+    assert sum(rewards[:3]) / 3 < 0.2  # about 1 in 40 tokens by chance
+    assert sum(rewards[-3:]) / 3 > 0.8, rewards
+    assert summary["steps"] == 25 and (tmp_path / "out" / "rl.png").stat().st_size > 1000
+    assert load_run(tmp_path / "out").step == 25  # the policy is a normal run
+
+
+def test_kl_penalty_keeps_the_policy_at_the_reference(tmp_path: Path):
+    run = tiny_chat_run(tmp_path)
+    config = RLConfig(digits=1, steps=3, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=2,
+                      lr=1e-2, eval_interval=100, eval_questions=5, out_dir=str(tmp_path / "out"))
+    rl = RLRun(run, config, GRPO, progress=False, reward=lambda asked, rollouts: torch.zeros(len(rollouts)))
+    rl.train()
+    assert all(r["kl"] < 1e-3 for r in rl.log.read() if r["kind"] == "train")  # no reward signal: only the KL pulls
+
+
+def test_rollouts_batch_by_prompt_length_and_stop_at_end(tmp_path: Path):
+    run = tiny_chat_run(tmp_path)
+    end = run.tokenizer.special_ids["<|end|>"]
+    prompts = [[1, 2, 3], [4, 5], [1, 2, 3, 4], [6, 7]]
+    out = sample_replies(run.model, prompts, 5, end, generator=torch.Generator().manual_seed(0))
+    assert [r.prompt for r in out] == prompts
+    for r in out:
+        assert (r.finished and r.response[-1] == end and end not in r.response[:-1]) or (
+            not r.finished and len(r.response) == 5)
+    greedy = sample_replies(run.model, prompts, 5, end, top_k=1)
+    assert greedy == sample_replies(run.model, prompts, 5, end, top_k=1)
+    batch = RolloutBatch.from_rollouts([Rollout([1, 2], [3, 4], True), Rollout([1, 2, 3], [5], False)], 0, "cpu")
+    assert batch.ids.tolist() == [[1, 2, 3, 4], [1, 2, 3, 5]]
+    assert batch.response_mask.tolist() == [[False, True, True], [False, False, True]]
+    assert batch.last.tolist() == [3, 3]
+    rewards = reply_rewards(torch.tensor([1.0, 2.0]), torch.full((2, 3), 0.1), batch)
+    assert torch.allclose(rewards, torch.tensor([[0.0, -0.1, 0.9], [0.0, 0.0, 1.9]]))
+
+
+def test_reward_model_learns_to_rank_and_round_trips(tmp_path: Path):
+    run = tiny_chat_run(tmp_path)
+    config = RewardConfig(ops="+", digits=2, val_pairs=30, steps=60, batch_size=32, lr=3e-3, eval_interval=30,
+                          out_dir=str(tmp_path / "rm"))
+
+    summary = train_reward_model(run, config, progress=False)
+    assert summary["history"][-1]["train_loss"] < 0.69  # below chance: it learned something
+    model, tokenizer = load_reward_model(tmp_path / "rm")
+    assert tokenizer == run.tokenizer and model.head.weight.abs().sum() > 0
+    with pytest.raises(ConfigError):
+        RewardConfig(steps=0).validate()
+
+
+def test_policy_pairs_are_the_models_own_wrong_answers(tmp_path: Path):
+    from quillgpt.posttrain.reward import policy_pairs
+    from quillgpt.tasks.questions import questions, well_formed
+
+    run = tiny_chat_run(tmp_path)
+    digits = [run.tokenizer.stoi[c] for c in "0123456789"]
+    with torch.no_grad():  # make the untrained model answer with digits, then <|end|>
+        run.model.lm_head.bias.fill_(-10.0)
+        run.model.lm_head.bias[digits] = 5.0
+        run.model.lm_head.bias[run.tokenizer.special_ids["<|end|>"]] = 4.0
+    asked = questions("+", 2, 10, 0, "train")
+    pairs = policy_pairs(run.model, run.tokenizer, asked, samples=4)
+    assert pairs
+    answers = {q.text: q.answer for q in asked}
+    for pair in pairs:
+        assert pair.chosen == answers[pair.prompt] and pair.rejected != pair.chosen and well_formed(pair.rejected)
+
+
+def test_rl_config_errors_are_one_line():
+    with pytest.raises(ConfigError, match="unknown reward"):
+        RLConfig(reward="magic").validate()
+    with pytest.raises(ConfigError, match="steps"):
+        RLConfig(steps=0).validate()
+
+
+@pytest.mark.slow
+def test_reward_and_rl_commands(tmp_path: Path, capsys):
+    sft = tmp_path / "sft"
+    assert main(["train", "--chat-data", "arithmetic", "--chat-digits", "2", "--chat-val", "20", "--preset", "tiny",
+                 "--block-size", "40", "--max-iters", "3", "--out-dir", str(sft), "--no-progress"]) == 0
+    rm = tmp_path / "rm"
+    assert main(["reward", "train", str(sft), "--digits", "2", "--steps", "4", "--val-pairs", "10",
+                 "--policy-pairs", "4", "--eval-interval", "2", "--out-dir", str(rm), "--no-progress"]) == 0
+    assert "pairwise accuracy" in capsys.readouterr().out
+    assert main(["reward", "score", str(rm), "--prompt", "What is 1 plus 2?", "--response", "3"]) == 0
+    float(capsys.readouterr().out)
+    for algorithm, reward in (("ppo", f"model:{rm}"), ("grpo", "task:arithmetic")):
+        assert main(["rl", algorithm, str(sft), "--reward", reward, "--digits", "1", "--steps", "2",
+                     "--prompts-per-step", "2", "--samples-per-prompt", "2", "--minibatches", "1",
+                     "--eval-questions", "5", "--out-dir", str(tmp_path / algorithm), "--no-progress"]) == 0
+        assert "held-out exact match" in capsys.readouterr().out
+    assert main(["dpo", str(sft), "--digits", "2", "--steps", "2", "--batch-size", "4", "--val-pairs", "10",
+                 "--eval-questions", "5", "--out-dir", str(tmp_path / "dpo"), "--no-progress"]) == 0
+    assert "KL to the reference" in capsys.readouterr().out
+    assert load_run(tmp_path / "dpo").step == 2
+    assert main(["task", "eval", str(tmp_path / "grpo"), "--n", "5", "--json"]) == 0
+    assert '"format"' in capsys.readouterr().out
+    assert main(["rl", "ppo", str(sft), "--digits", "1", "--out-dir", str(tmp_path / "x")]) == 2
+    assert "needs a reward" in capsys.readouterr().err
+    assert main(["rl", "grpo", str(sft), "--digits", "1", "--out-dir", str(tmp_path / "grpo")]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["reward", "score", str(sft), "--prompt", "x", "--response", "y"]) == 2
+    assert "not a reward model" in capsys.readouterr().err

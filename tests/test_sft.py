@@ -1,0 +1,111 @@
+"""Supervised finetuning: chat data as batches, the assistant-only loss, vocabulary growth, the commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from quillgpt.chat import CHAT_TOKENS, has_chat_format
+from quillgpt.checkpoint import load_run
+from quillgpt.cli import main
+from quillgpt.config import ChatConfig, ModelConfig
+from quillgpt.errors import ConfigError, DataError
+from quillgpt.models import build_model
+from quillgpt.models.base import language_model_loss
+from quillgpt.posttrain.sft import ChatDataset
+from quillgpt.pretrained import adapt_vocabulary, extends
+from quillgpt.tasks.arithmetic import IGNORE
+from quillgpt.tasks.questions import TEMPLATES, Question, alphabet, questions, well_formed, wrong_answer
+from quillgpt.tokenizers import CharTokenizer
+
+TINY = ["--batch-size", "16", "--eval-iters", "2", "--no-progress"]
+
+
+def test_questions_are_worded_many_ways_and_split_like_the_problems():
+    held_out = questions("+-*", 3, 300, 0, "test")
+    assert {q.problem.split for q in held_out} == {"test"}
+    assert len({q.template for q in held_out}) == len(TEMPLATES["+"])
+    assert questions("+-*", 3, 300, 0, "test") == held_out
+    assert set("".join(q.text + q.answer for q in held_out)) <= set(alphabet())
+    q = Question(held_out[0].problem.__class__(17, "+", 26), 0)
+    assert (q.text, q.answer) == ("What is 17 plus 26?", "43")
+
+
+def test_wrong_answers_are_well_formed_and_wrong():
+    import random
+
+    rng = random.Random(0)
+    for q in questions("+-", 3, 200, 1, "train"):
+        guess = wrong_answer(q, rng)
+        assert well_formed(guess) and guess != q.answer
+
+
+def test_only_the_assistants_tokens_get_a_gradient():
+    data = ChatDataset(ChatConfig(chat_data="arithmetic", chat_val=20))
+    x, y = data.batches("train", 8, 64, seed=0).next()
+    end = data.tokenizer.special_ids["<|end|>"]
+    assistant = data.tokenizer.special_ids["<|assistant|>"]
+    for row_x, row_y in zip(x.tolist(), y.tolist(), strict=True):
+        start = row_x.index(assistant)
+        assert all(t == IGNORE for t in row_y[:start])  # the question and the role tokens: no loss
+        trained = [t for t in row_y[start:] if t != IGNORE]
+        assert trained[-1] == end and well_formed(data.tokenizer.decode(trained[:-1]))
+    model = build_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2,
+                                    n_embd=32, dropout=0.0))
+    logits = model(x)[0]
+    logits.retain_grad()
+    language_model_loss(logits, y).backward()
+    per_position = logits.grad.abs().sum(-1)
+    assert (per_position[y == IGNORE] == 0).all()
+    assert (per_position[y != IGNORE] > 0).all()
+
+
+def test_jsonl_conversations_split_and_block_size_message(tmp_path: Path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"say {i}", "response": f"{i}!"}) + "\n" for i in range(30)))
+    data = ChatDataset(ChatConfig(chat_data=str(path), chat_val=100))
+    assert len(data.val_pool) == 3 and len(data.train_pool) == 27  # at most a tenth held out
+    assert has_chat_format(data.tokenizer)
+    need = data.longest_conversation()
+    data.check_block_size(need)
+    with pytest.raises(DataError, match=f"--block-size {need}"):
+        data.check_block_size(need - 1)
+    with pytest.raises(ConfigError, match="chat_ops"):
+        ChatConfig(chat_data="arithmetic", chat_ops="+/").validate()
+
+
+def test_a_char_model_grows_its_vocabulary_and_keeps_its_rows():
+    base = CharTokenizer(list("abc "))
+    grown = ChatDataset(ChatConfig(chat_data="arithmetic"), base=base).tokenizer
+    assert extends(grown, base) and grown.chars[:4] == base.chars and grown.specials == list(CHAT_TOKENS)
+    model = build_model(ModelConfig(vocab_size=4, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    state = adapt_vocabulary(model.state_dict(), base, grown)
+    assert state["token_embedding_table.weight"].shape[0] == grown.vocab_size
+    for old_id, char in enumerate(base.chars):
+        new_id = grown.stoi[char]
+        assert torch.equal(state["token_embedding_table.weight"][new_id], model.token_embedding_table.weight[old_id])
+        assert torch.equal(state["lm_head.bias"][new_id], model.lm_head.bias[old_id])
+    assert not extends(CharTokenizer(list("xyz")), base)
+
+
+@pytest.mark.slow
+def test_sft_chat_and_resume_from_the_command_line(tmp_path: Path, shakespeare_path: Path, capsys, monkeypatch):
+    base, sft = tmp_path / "base", tmp_path / "sft"
+    assert main(["train", "--preset", "tiny", "--block-size", "48", "--max-iters", "4", "--out-dir", str(base),
+                 "--data", str(shakespeare_path), "--no-progress"]) == 0
+    assert main(["sft", str(base), "--out-dir", str(sft), "--max-iters", "6", "--eval-interval", "3",
+                 "--chat-digits", "2", "--chat-val", "20", "--stop-at", "3", *TINY]) == 0
+    assert main(["train", "--resume", str(sft), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out replies (20 questions" in out and "quill chat" in out
+    run = load_run(sft)
+    assert run.step == 6 and has_chat_format(run.tokenizer)
+    assert run.tokenizer.chars[:3] == load_run(base).tokenizer.chars[:3]
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("What is 2 plus 2?\n/reset\n/quit\n"))
+    assert main(["chat", str(sft), "--seed", "0", "--max-new-tokens", "5"]) == 0
+    assert "(conversation forgotten)" in capsys.readouterr().out
+    assert main(["chat", str(base)]) == 2  # no chat tokens: one line, says how to get them
+    assert "quill sft" in capsys.readouterr().err
