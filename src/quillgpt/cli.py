@@ -10,6 +10,9 @@
     quill train --preset add3-reversed          teach a GPT 3-digit addition (also mul2-scratchpad, calc3)
     quill task eval RUN_DIR --n 2000            greedy exact-match accuracy on held-out problems
     quill calc RUN_DIR "123*45" --show-work     ask it one problem
+    quill lesson attention|norms|bigram         the lecture's side roads, runnable (lessons/)
+    quill attention RUN_DIR --text "ROMEO:"     heatmap of one head's attention weights
+    quill seq2seq --task reverse                an encoder-decoder with cross-attention
     quill serve RUN_DIR [--port 8000]           OpenAI-compatible server, playground at /
     quill zoo --budget 5m                       bigram, MLP, CNN, RNN, LSTM, GRU, GPT: same time each
 
@@ -42,6 +45,7 @@ from quillgpt.data import (
     prepare_source,
 )
 from quillgpt.errors import ConfigError, QuillError, SamplingError
+from quillgpt.lessons.cli import add_lesson_commands
 from quillgpt.posttrain.cli import add_posttrain_commands
 from quillgpt.pretrained import apply_init, check_same_tokenizer, init_model_config, load_init
 from quillgpt.resume import resume_trainer
@@ -489,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     add_task_commands(commands)
+    add_lesson_commands(commands)
     add_posttrain_commands(commands)
     add_serve_commands(commands)
     add_zoo_command(commands)

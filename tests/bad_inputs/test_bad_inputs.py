@@ -274,6 +274,21 @@ CLI_CASES = [
     ("reward score with no reward model", None, ["reward", "score", "runs/ok", "--prompt", "a", "--response", "b"],
      "not a reward model"),
     ("dpo on a text run", None, ["dpo", "runs/ok"], "has no chat tokens"),
+    # the lab: lessons, attention heatmaps, seq2seq
+    ("attention layer out of range", None, ["attention", "runs/ok", "--text", "the", "--layer", "2"], "layers 0 to 1"),
+    ("attention head out of range", None, ["attention", "runs/ok", "--text", "the", "--head", "-1"], "heads 0 to 1"),
+    ("attention text too long", None, ["attention", "runs/ok", "--text", "the king " * 3], "longer than the model's"),
+    ("attention unknown characters", None, ["attention", "runs/ok", "--text", "ZEBRA"], "not in the vocabulary"),
+    ("attention empty text", None, ["attention", "runs/ok", "--text", ""], "--text is empty"),
+    ("attention out is a folder", None, ["attention", "runs/ok", "--text", "the", "--out", "data"], "is a folder"),
+    ("attention a missing run", None, ["attention", "runs/nope", "--text", "the"], "run directory not found"),
+    ("lesson bigram missing text", None, ["lesson", "bigram", "--text", "nope.txt"], "text file not found: nope.txt"),
+    ("lesson bigram 0 steps", None, ["lesson", "bigram", "--text", "ok.txt", "--steps", "0"], "--steps"),
+    ("seq2seq min length 0", None, ["seq2seq", "--min-len", "0"], "need 1 <= --min-len <= --max-len"),
+    ("seq2seq too many letters", None, ["seq2seq", "--letters", "30"], "--letters must be 2 to 26"),
+    ("seq2seq test set too big", None, ["seq2seq", "--max-len", "1", "--letters", "2", "--n-test", "5"],
+     "nothing to train on"),
+    ("seq2seq 0 steps", None, ["seq2seq", "--steps", "0"], "--steps"),
 ]
 
 
