@@ -134,6 +134,13 @@ def _configured(args: argparse.Namespace, cls: type, section: str, suffix: str, 
     return config
 
 
+def _chat_run(run_dir: str) -> Any:
+    """The SFT run to start from (its best checkpoint); it must have the chat tokens."""
+    run = load_init(run_dir)
+    require_chat_format(run.tokenizer, str(run.run_dir))
+    return run
+
+
 def _print_outcome(summary: dict[str, Any], kl_what: str) -> None:
     print(f"held-out exact match {100 * summary['start_accuracy']:.2f}% -> {100 * summary['accuracy']:.2f}% "
           f"({summary['held_out']} questions); KL to the reference {summary['kl']:.3f} nats per reply ({kl_what}); "
@@ -144,8 +151,7 @@ def cmd_reward_train(args: argparse.Namespace) -> int:
     from quillgpt.posttrain.reward import RewardConfig, describe, train_reward_model
 
     config = _configured(args, RewardConfig, "reward", "rm")
-    base = load_init(args.run_dir)
-    require_chat_format(base.tokenizer, str(base.run_dir))
+    base = _chat_run(args.run_dir)
     print(f"training a reward model from {base.run_dir} ({base.checkpoint.name}) on {config.data} pairs")
     summary = train_reward_model(base, config, progress=not args.no_progress)
     print(describe(summary))
@@ -188,7 +194,7 @@ def cmd_rl(args: argparse.Namespace) -> int:
     from quillgpt.posttrain.ppo import PPO
 
     algorithm = PPO if args.algorithm == "ppo" else GRPO
-    policy = load_init(args.run_dir)
+    policy = _chat_run(args.run_dir)
     policy.model.to(resolve_device(args.device))
     run = RLRun(policy, config, algorithm, progress=not args.no_progress)
     print(f"{args.algorithm} from {policy.run_dir} ({policy.checkpoint.name}), reward {config.reward}: "
@@ -204,8 +210,7 @@ def cmd_dpo(args: argparse.Namespace) -> int:
     from quillgpt.posttrain.dpo import DPOConfig, train_dpo
 
     config = _configured(args, DPOConfig, "dpo", "dpo")
-    policy = load_init(args.run_dir)
-    require_chat_format(policy.tokenizer, str(policy.run_dir))
+    policy = _chat_run(args.run_dir)
     print(f"dpo from {policy.run_dir} ({policy.checkpoint.name}) on {config.data} pairs, beta {config.beta}")
     summary = train_dpo(policy, config, progress=not args.no_progress)
     _print_outcome(summary, "on sampled replies to held-out questions")
