@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -539,7 +540,29 @@ class TrainingData(Protocol):
     def bits_per_char(self, loss: float, split: str = "val") -> float | None: ...
 
 
-class Batches:
+class SeededSampler:
+    """Base of the batch samplers: every random draw comes from a private, seeded
+    ``torch.Generator``, so ``state_dict`` lets a resumed run draw exactly what it would have."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def pick(self, pool: list[Any], count: int) -> list[Any]:
+        """``count`` items of ``pool``, uniformly with replacement."""
+        return [pool[i] for i in torch.randint(len(pool), (count,), generator=self.generator).tolist()]
+
+    def fresh_rng(self) -> random.Random:
+        """A Python RNG seeded from the generator, for samples made on the fly."""
+        return random.Random(int(torch.randint(2**62, (1,), generator=self.generator)))
+
+    def state_dict(self) -> dict[str, str]:
+        return generator_state(self.generator)
+
+    def load_state_dict(self, state: dict[str, str]) -> None:
+        load_generator_state(self.generator, state)
+
+
+class Batches(SeededSampler):
     """Random (B, T) windows of one split; ``y`` is ``x`` shifted left by one token.
 
     The random offsets come from a private ``torch.Generator``, so a seed fixes every batch
@@ -554,7 +577,7 @@ class Batches:
         self.batch_size = batch_size
         self.block_size = block_size
         self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(seed)
         self._window = np.arange(block_size + 1)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -563,11 +586,6 @@ class Batches:
         tokens = torch.from_numpy(windows.astype(np.int64))
         return to_device(tokens[:, :-1], tokens[:, 1:], self.device)
 
-    def state_dict(self) -> dict[str, str]:
-        return generator_state(self.generator)
-
-    def load_state_dict(self, state: dict[str, str]) -> None:
-        load_generator_state(self.generator, state)
 
 
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -153,11 +153,15 @@ class KVCache:
 
     def __init__(self, n_layer: int, batch: int, n_head: int, block_size: int, head_size: int,
                  device: torch.device | str, dtype: torch.dtype) -> None:
+        self._allocate(n_layer, batch, n_head, block_size, head_size, device, dtype)
+        self.length = 0
+
+    def _allocate(self, n_layer: int, batch: int, n_head: int, block_size: int, head_size: int,
+                  device: torch.device | str, dtype: torch.dtype) -> None:
         shape = (batch, n_head, block_size, head_size)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.block_size = block_size
-        self.length = 0
 
     def reset(self) -> None:
         self.length = 0

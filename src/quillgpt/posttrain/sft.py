@@ -24,7 +24,7 @@ import torch
 
 from quillgpt.chat import Encoded, encode_conversation, read_conversations, with_chat_tokens
 from quillgpt.config import ChatConfig
-from quillgpt.data import generator_state, load_generator_state, to_device
+from quillgpt.data import SeededSampler, to_device
 from quillgpt.errors import ConfigError, DataError
 from quillgpt.fsutil import sha256_file
 from quillgpt.tasks.arithmetic import IGNORE, Problem
@@ -48,7 +48,7 @@ def conversation_rows(encoded: list[Encoded], block_size: int, pad_id: int) -> t
     return x, y
 
 
-class ChatBatches:
+class ChatBatches(SeededSampler):
     """Endless, resumable batches of conversations: drawn from ``pool`` or, with no pool, fresh
     questions made on the fly (``fresh``, train split only). Seeded like ``data.Batches``."""
 
@@ -60,23 +60,16 @@ class ChatBatches:
         self.tokenizer, self.batch_size, self.block_size = tokenizer, batch_size, block_size
         self.pool, self.fresh, self.device = pool, fresh, torch.device(device)
         self.pad_id = tokenizer.special_ids["<|end|>"]
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(seed)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pool is not None:
-            picks = torch.randint(len(self.pool), (self.batch_size,), generator=self.generator).tolist()
-            chosen = [self.pool[i] for i in picks]
+            chosen = self.pick(self.pool, self.batch_size)
         else:
             assert self.fresh is not None
-            rng = random.Random(int(torch.randint(2**62, (1,), generator=self.generator)))
+            rng = self.fresh_rng()
             chosen = [encode_question(self.tokenizer, q) for q in fresh_questions(rng, *self.fresh, self.batch_size)]
         return to_device(*conversation_rows(chosen, self.block_size, self.pad_id), self.device)
-
-    def state_dict(self) -> dict[str, str]:
-        return generator_state(self.generator)
-
-    def load_state_dict(self, state: dict[str, str]) -> None:
-        load_generator_state(self.generator, state)
 
 
 def encode_question(tokenizer: Tokenizer, question: Question) -> Encoded:

@@ -34,10 +34,7 @@ class RaggedKVCache(KVCache):
     def __init__(self, n_layer: int, batch: int, n_head: int, block_size: int, head_size: int,
                  device: torch.device | str, dtype: torch.dtype) -> None:
         # Not KVCache.__init__: its one ``length`` is a property here, derived from ``lengths``.
-        shape = (batch, n_head, block_size, head_size)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.block_size = block_size
+        self._allocate(n_layer, batch, n_head, block_size, head_size, device, dtype)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
 
     @classmethod

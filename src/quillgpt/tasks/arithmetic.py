@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from quillgpt.data import generator_state, load_generator_state, to_device
+from quillgpt.data import SeededSampler, to_device
 
 OPS = ("+", "-", "*", "/")
 FORMATS = ("plain", "reversed", "scratchpad", "hinted")
@@ -302,7 +302,7 @@ def batch(examples: list[Problem], fmt: str, block_size: int,
     return x, y
 
 
-class ProblemBatches:
+class ProblemBatches(SeededSampler):
     """Endless, resumable (x, y) batches of problems: drawn from ``pool`` (a prepared set) or, with
     no pool, made on the fly from ``ops``/``digits`` (train split only, so never a test problem).
 
@@ -317,14 +317,13 @@ class ProblemBatches:
         self.fmt, self.batch_size, self.block_size = fmt, batch_size, block_size
         self.pool, self.ops, self.digits = pool, check_ops(ops), digits
         self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(seed)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pool is not None:
-            picks = torch.randint(len(self.pool), (self.batch_size,), generator=self.generator).tolist()
-            chosen = [self.pool[i] for i in picks]
+            chosen = self.pick(self.pool, self.batch_size)
         else:
-            rng = random.Random(int(torch.randint(2**62, (1,), generator=self.generator)))
+            rng = self.fresh_rng()
             chosen = []
             while len(chosen) < self.batch_size:
                 problem = draw_problem(rng, self.ops, self.digits)
@@ -344,9 +343,3 @@ class ProblemBatches:
             room = self.block_size - (len(sample_text(problem, self.fmt, offset)) - 1)
             out.append((offset, int(v * (max(room, 0) + 1))))
         return out
-
-    def state_dict(self) -> dict[str, str]:
-        return generator_state(self.generator)
-
-    def load_state_dict(self, state: dict[str, str]) -> None:
-        load_generator_state(self.generator, state)
