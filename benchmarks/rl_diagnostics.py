@@ -1,9 +1,11 @@
 """Why GRPO does not move held-out accuracy here: two measurements on an SFT chat run.
 
-1. Headroom: greedy accuracy vs accuracy of temperature-1 samples vs pass@16, on 100
-   held-out (test split) and 100 train-split questions, and the share of questions whose 16
+1. Headroom: greedy accuracy vs temperature-1 samples vs the majority vote of 16 vs pass@4/16,
+   on --questions (100) held-out (test split) and train-split questions, and the share whose 16
    samples are mixed (some right, some wrong: the only groups that give GRPO a signal).
 2. The algorithm works: GRPO on 8 fixed train questions, 20 steps; the reward on them rises.
+3. Styles: greedy accuracy on 500 held-out questions, the share of replies that show their work,
+   and the accuracy when every reply is made to show its work (the reply starts "units first ").
 
     python benchmarks/rl_diagnostics.py runs/posttrain/sft [--ops + --digits 2]
 """
@@ -12,32 +14,53 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections import Counter
 
 import torch
 
 import quillgpt.posttrain.rl as rl
 from quillgpt.chat import end_id, prompt_ids
+from quillgpt.posttrain.evaluate import ChatReport, answer_all
 from quillgpt.posttrain.grpo import GRPO
 from quillgpt.posttrain.rollout import sample_replies
 from quillgpt.pretrained import load_init
-from quillgpt.tasks.questions import exact_match, fresh_questions, questions
+from quillgpt.tasks.questions import WORKED_LEAD, exact_match, fresh_questions, questions
 
 
-def headroom(run_dir: str, ops: str, digits: int) -> None:
+def headroom(run_dir: str, ops: str, digits: int, n: int = 100) -> None:
     run = load_init(run_dir)
     tok = run.tokenizer
-    for split, asked in (("test", questions(ops, digits, 100, 1000, "test")),
-                         ("train", fresh_questions(random.Random(5), ops, digits, 100))):
+    for split, asked in (("test", questions(ops, digits, n, 1000, "test")),
+                         ("train", fresh_questions(random.Random(5), ops, digits, n))):
         prompts = [prompt_ids(tok, q.messages()) for q in asked]
-        greedy = sample_replies(run.model, prompts, 8, end_id(tok), top_k=1)
-        many = sample_replies(run.model, [p for p in prompts for _ in range(16)], 8, end_id(tok),
+        greedy = sample_replies(run.model, prompts, 32, end_id(tok), top_k=1)
+        many = sample_replies(run.model, [p for p in prompts for _ in range(16)], 32, end_id(tok),
                               generator=torch.Generator().manual_seed(0))
-        def score(q, r):
-            return exact_match(q, tok.decode(r.response[:-1])) if r.finished else 0.0
-        ok = torch.tensor([score(asked[i // 16], r) for i, r in enumerate(many)]).view(100, 16)
-        print(f"{split:5}: greedy {sum(score(q, r) for q, r in zip(asked, greedy, strict=True)):.0f}%, "
-              f"T=1 samples {100 * ok.mean():.1f}%, pass@16 {100 * ok.max(1).values.mean():.0f}%, "
+        texts = [tok.decode(r.response[:-1]) if r.finished else None for r in many]
+        ok = torch.tensor([exact_match(asked[i // 16], t) if t is not None else 0.0
+                           for i, t in enumerate(texts)]).view(n, 16)
+        votes = [Counter(t for t in texts[16 * i: 16 * i + 16] if t is not None).most_common(1) for i in range(n)]
+        majority = sum(exact_match(q, v[0][0]) for q, v in zip(asked, votes, strict=True) if v) / n
+        right = sum(exact_match(q, tok.decode(r.response[:-1])) for q, r in zip(asked, greedy, strict=True)
+                    if r.finished)
+        print(f"{split:5}: greedy {100 * right / n:.1f}%, T=1 samples {100 * ok.mean():.1f}%, "
+              f"majority of 16 {100 * majority:.1f}%, pass@4 {100 * ok[:, :4].max(1).values.mean():.1f}%, "
+              f"pass@16 {100 * ok.max(1).values.mean():.1f}%, "
               f"mixed groups {100 * ((ok.sum(1) > 0) & (ok.sum(1) < 16)).float().mean():.0f}%")
+
+
+def styles(run_dir: str, ops: str, digits: int) -> None:
+    run = load_init(run_dir)
+    tok = run.tokenizer
+    asked = questions(ops, digits, 500, 1000, "test")
+    report = ChatReport(answer_all(run.model, tok, asked))
+    lead = tok.encode(WORKED_LEAD)
+    forced = sample_replies(run.model, [prompt_ids(tok, q.messages()) + lead for q in asked], 30, end_id(tok),
+                            top_k=1)
+    shown = sum(exact_match(q, WORKED_LEAD + tok.decode(r.response[:-1])) for q, r in zip(asked, forced, strict=True)
+                if r.finished)
+    print(f"held-out, greedy: {100 * report.accuracy:.1f}% right, {100 * report.worked_rate:.1f}% showing work; "
+          f"made to show work: {100 * shown / len(asked):.1f}% right")
 
 
 def fixed_prompts(run_dir: str, ops: str, digits: int, out_dir: str) -> None:
@@ -56,7 +79,9 @@ if __name__ == "__main__":
     parser.add_argument("run_dir")
     parser.add_argument("--ops", default="+")
     parser.add_argument("--digits", type=int, default=2)
+    parser.add_argument("--questions", type=int, default=100, help="held-out and train questions for the headroom")
     parser.add_argument("--out-dir", default="/tmp/rl-diagnostics")
     args = parser.parse_args()
-    headroom(args.run_dir, args.ops, args.digits)
+    styles(args.run_dir, args.ops, args.digits)
+    headroom(args.run_dir, args.ops, args.digits, args.questions)
     fixed_prompts(args.run_dir, args.ops, args.digits, args.out_dir)

@@ -112,6 +112,22 @@ def test_policy_pairs_are_the_models_own_wrong_answers(tmp_path: Path):
         assert pair.chosen == answers[pair.prompt] and pair.rejected != pair.chosen and well_formed(pair.rejected)
 
 
+@pytest.mark.parametrize("worked", [0.0, 1.0])
+def test_generated_pairs_show_their_work_in_both_replies_or_neither(worked: float):
+    import random
+
+    from quillgpt.posttrain.reward import arithmetic_pairs, fresh_pairs
+    from quillgpt.tasks.questions import final_answer, questions, shows_work, well_formed
+
+    answers = {q.text: q.answer for q in questions("+", 3, 50, 1, "test")}
+    held_out = arithmetic_pairs("+", 3, 50, 1, "test", worked)
+    assert held_out == arithmetic_pairs("+", 3, 50, 1, "test", worked)  # the same held-out pairs every run
+    for pair in held_out + fresh_pairs(random.Random(0), "+", 3, 50, worked):
+        assert shows_work(pair.chosen) == shows_work(pair.rejected) == (worked == 1.0)
+        assert well_formed(pair.rejected) and final_answer(pair.rejected) != final_answer(pair.chosen)
+    assert all(final_answer(p.chosen) == answers[p.prompt] for p in held_out)
+
+
 def test_rl_config_errors_are_one_line():
     with pytest.raises(ConfigError, match="unknown reward"):
         RLConfig(reward="magic").validate()

@@ -17,8 +17,18 @@ from quillgpt.models import build_model
 from quillgpt.models.base import language_model_loss
 from quillgpt.posttrain.sft import ChatDataset
 from quillgpt.pretrained import adapt_vocabulary, extends
-from quillgpt.tasks.arithmetic import IGNORE
-from quillgpt.tasks.questions import TEMPLATES, Question, alphabet, questions, well_formed, wrong_answer
+from quillgpt.tasks.arithmetic import IGNORE, Problem
+from quillgpt.tasks.questions import (
+    TEMPLATES,
+    Question,
+    alphabet,
+    exact_match,
+    final_answer,
+    questions,
+    shows_work,
+    well_formed,
+    wrong_answer,
+)
 from quillgpt.tokenizers import CharTokenizer
 
 TINY = ["--batch-size", "16", "--eval-iters", "2", "--no-progress"]
@@ -41,6 +51,37 @@ def test_wrong_answers_are_well_formed_and_wrong():
     for q in questions("+-", 3, 200, 1, "train"):
         guess = wrong_answer(q, rng)
         assert well_formed(guess) and guess != q.answer
+
+
+def test_a_worked_answer_shows_the_digits_from_the_units_up_and_is_graded_on_its_number():
+    q = Question(Problem(178, "+", 46), 0)
+    assert q.worked_answer == "units first 422, so 224" and q.demonstration(False) == "224"
+    assert Question(Problem(8, "-", 120), 2).worked_answer == "units first 211, so -112"
+    assert well_formed(q.worked_answer) and shows_work(q.worked_answer) and not shows_work("224")
+    assert final_answer(q.worked_answer) == "224" and exact_match(q, q.worked_answer) == 1.0
+    assert exact_match(q, "units first 522, so 225") == 0.0 and exact_match(q, "units first 999, so 224") == 1.0
+    for bad in ("units first 422, so", "units first 422 so 224", "224 units", "so 224"):
+        assert not well_formed(bad) and exact_match(q, bad) == 0.0
+    assert set(q.worked_answer) <= set(alphabet())
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 1.0])
+def test_a_share_of_the_demonstrations_shows_its_work(share: float):
+    data = ChatDataset(ChatConfig(chat_data="arithmetic", chat_ops="+", chat_val=200, chat_worked=share))
+    assistant, end = data.tokenizer.special_ids["<|assistant|>"], data.tokenizer.special_ids["<|end|>"]
+
+    def replies(rows: list[list[int]]) -> list[str]:
+        rows = [r[r.index(assistant) + 1:] + [end] for r in rows]  # inputs lack their last token
+        return [data.tokenizer.decode(r[: r.index(end)]) for r in rows]
+
+    x, _ = data.batches("train", 400, 64, seed=0).next()
+    drawn = replies(x.tolist()) + replies([e.ids for e in data.val_pool])
+    worked = sum(map(shows_work, drawn)) / len(drawn)
+    assert all(well_formed(r) for r in drawn)
+    assert abs(worked - share) < 0.06
+    data.check_block_size(data.longest_conversation())
+    with pytest.raises(ConfigError, match="chat_worked"):
+        ChatConfig(chat_data="arithmetic", chat_worked=1.5).validate()
 
 
 def test_only_the_assistants_tokens_get_a_gradient():

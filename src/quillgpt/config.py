@@ -191,6 +191,7 @@ class ChatConfig:
     chat_examples: int = 0  # arithmetic: a fixed training set of this many; 0 = fresh questions every batch
     chat_val: int = 500  # held-out conversations (JSONL: at most a tenth of the file)
     chat_seed: int = 0  # draws the held-out questions (arithmetic) or split (JSONL)
+    chat_worked: float = 0.0  # arithmetic: share of demonstrations that show their work ("units first 34, so 43")
 
     @property
     def enabled(self) -> bool:
@@ -211,6 +212,8 @@ class ChatConfig:
         _check_positive("chat_val", self.chat_val)
         if self.chat_examples < 0:
             raise ConfigError(f"chat_examples must be >= 0 (0: fresh questions every batch), got {self.chat_examples}")
+        if not 0.0 <= self.chat_worked <= 1.0:
+            raise ConfigError(f"chat_worked is a share of the demonstrations, in [0, 1], got {self.chat_worked}")
 
 
 CHAT_ARITHMETIC = "arithmetic"  # ChatConfig.chat_data naming the built-in generated dataset

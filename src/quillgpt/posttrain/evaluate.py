@@ -14,10 +14,10 @@ from torch import nn
 
 from quillgpt.chat import end_id, prompt_ids
 from quillgpt.posttrain.rollout import sample_replies
-from quillgpt.tasks.questions import Question, exact_match, well_formed
+from quillgpt.tasks.questions import Question, exact_match, shows_work, well_formed
 from quillgpt.tokenizers import Tokenizer
 
-MAX_ANSWER_TOKENS = 12  # room for a signed 6-digit product and <|end|> in a char vocabulary
+MAX_ANSWER_TOKENS = 32  # room for a worked answer ("units first 6521, so 1256") and <|end|> in a char vocabulary
 
 
 @dataclass
@@ -56,6 +56,11 @@ class ChatReport:
     def format_rate(self) -> float:
         return sum(a.well_formed for a in self.answers) / len(self.answers)
 
+    @property
+    def worked_rate(self) -> float:
+        """Share of replies that show their work (``units first ..., so N``)."""
+        return sum(a.finished and shows_work(a.reply) for a in self.answers) / len(self.answers)
+
     def by_operator(self) -> dict[str, float]:
         groups: dict[str, list[Answer]] = defaultdict(list)
         for a in self.answers:
@@ -64,11 +69,12 @@ class ChatReport:
 
     def to_dict(self) -> dict[str, object]:
         return {"n": len(self.answers), "accuracy": self.accuracy, "format": self.format_rate,
-                "by_operator": self.by_operator()}
+                "worked": self.worked_rate, "by_operator": self.by_operator()}
 
     def format(self, title: str, examples: int = 3) -> str:
         ops = ", ".join(f"{op} {100 * acc:.1f}%" for op, acc in self.by_operator().items())
-        lines = [f"{title}: exact match {100 * self.accuracy:.2f}% ({ops}); well formed {100 * self.format_rate:.2f}%"]
+        lines = [f"{title}: exact match {100 * self.accuracy:.2f}% ({ops}); well formed {100 * self.format_rate:.2f}%"
+                 f"; showing work {100 * self.worked_rate:.1f}%"]
         wrong = [a for a in self.answers if not a.correct][:examples]
         lines += [f"  {a.question.text} -> {a.reply!r} (expected {a.question.answer})" for a in wrong]
         return "\n".join(lines)

@@ -33,7 +33,15 @@ from quillgpt.errors import CheckpointError, ConfigError, DataError
 from quillgpt.fsutil import atomic_write_json
 from quillgpt.metrics import MetricsLog
 from quillgpt.posttrain.objectives import bradley_terry_loss, pairwise_accuracy
-from quillgpt.tasks.questions import Question, fresh_questions, questions, well_formed, wrong_answer
+from quillgpt.tasks.questions import (
+    Question,
+    exact_match,
+    fresh_questions,
+    questions,
+    show_work,
+    well_formed,
+    wrong_answer,
+)
 from quillgpt.tokenizers import Tokenizer
 
 HEAD_FILE = "reward_head.safetensors"
@@ -81,6 +89,7 @@ class RewardConfig:
     warmup: int = 50
     eval_interval: int = 250
     policy_pairs: int = 0  # arithmetic: questions whose wrong answers are the SFT model's own samples (half a batch)
+    worked: float = 0.0  # arithmetic: share of pairs whose two replies both show their work (units first)
     seed: int = 0
     out_dir: str = ""
 
@@ -88,6 +97,8 @@ class RewardConfig:
         check_positive_fields(self, "digits", "val_pairs", "steps", "batch_size", "eval_interval")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.worked <= 1.0:
+            raise ConfigError(f"worked is a share of the pairs, in [0, 1], got {self.worked}")
 
 
 @dataclass(frozen=True)
@@ -109,21 +120,30 @@ def read_pairs(path: str | Path) -> list[Pair]:
     return out
 
 
-def arithmetic_pairs(ops: str, digits: int, count: int, seed: int, split: str) -> list[Pair]:
+def question_pair(q: Question, rng: random.Random, worked: float) -> Pair:
+    """The right answer against a wrong one; with probability ``worked`` both show their work."""
+    wrong = wrong_answer(q, rng)
+    if rng.random() < worked:
+        return Pair(q.text, q.worked_answer, show_work(wrong))
+    return Pair(q.text, q.answer, wrong)
+
+
+def arithmetic_pairs(ops: str, digits: int, count: int, seed: int, split: str, worked: float = 0.0) -> list[Pair]:
     """``count`` pairs of distinct questions of ``split``: the right answer against a wrong one."""
     rng = random.Random(f"pairs:{seed}:{split}")
-    return [Pair(q.text, q.answer, wrong_answer(q, rng)) for q in questions(ops, digits, count, seed, split)]
+    return [question_pair(q, rng, worked) for q in questions(ops, digits, count, seed, split)]
 
 
-def fresh_pairs(rng: random.Random, ops: str, digits: int, count: int) -> list[Pair]:
-    return [Pair(q.text, q.answer, wrong_answer(q, rng)) for q in fresh_questions(rng, ops, digits, count)]
+def fresh_pairs(rng: random.Random, ops: str, digits: int, count: int, worked: float = 0.0) -> list[Pair]:
+    return [question_pair(q, rng, worked) for q in fresh_questions(rng, ops, digits, count)]
 
 
 def split_pairs(config: RewardConfig) -> tuple[list[Pair] | None, list[Pair]]:
     """(train pairs, or None for fresh generated pairs every step; held-out pairs)."""
     if config.data == "arithmetic":
         try:
-            return None, arithmetic_pairs(config.ops, config.digits, config.val_pairs, config.seed + 1, "test")
+            return None, arithmetic_pairs(config.ops, config.digits, config.val_pairs, config.seed + 1, "test",
+                                          config.worked)
         except ValueError as exc:
             raise ConfigError(f"{exc} (--val-pairs)") from None
     pairs = read_pairs(config.data)
@@ -144,12 +164,12 @@ def policy_pairs(model: nn.Module, tokenizer: Tokenizer, asked: list[Question], 
     from quillgpt.posttrain.rollout import sample_replies
 
     prompts = [prompt_ids(tokenizer, q.messages()) for q in asked for _ in range(samples)]
-    rollouts = sample_replies(model, prompts, 8, end_id(tokenizer), generator=torch.Generator().manual_seed(seed))
+    rollouts = sample_replies(model, prompts, 32, end_id(tokenizer), generator=torch.Generator().manual_seed(seed))
     out, seen = [], set()
     for i, r in enumerate(rollouts):
         q = asked[i // samples]
         reply = tokenizer.decode(r.response[:-1]) if r.finished else ""
-        if well_formed(reply) and reply != q.answer and (q, reply) not in seen:
+        if well_formed(reply) and not exact_match(q, reply) and (q, reply) not in seen:
             seen.add((q, reply))
             out.append(Pair(q.text, q.answer, reply))
     return out
@@ -224,7 +244,8 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
     bar = tqdm(range(1, config.steps + 1), desc="reward model", disable=not progress, leave=False)
     for step in bar:
         n_own = config.batch_size // 2 if own_train else 0
-        batch = (fresh_pairs(rng, config.ops, config.digits, config.batch_size - n_own) if train_pairs is None
+        batch = (fresh_pairs(rng, config.ops, config.digits, config.batch_size - n_own, config.worked)
+                 if train_pairs is None
                  else [train_pairs[rng.randrange(len(train_pairs))] for _ in range(config.batch_size - n_own)])
         batch += [own_train[rng.randrange(len(own_train))] for _ in range(n_own)]
         chosen, rejected = score_pairs(model, base.tokenizer, batch, batch_size=len(batch))

@@ -48,7 +48,7 @@ class RLConfig:
     steps: int = 150
     prompts_per_step: int = 16
     samples_per_prompt: int = 16  # GRPO's group size (nanochat: 16)
-    max_new_tokens: int = 8
+    max_new_tokens: int = 32  # a worked answer needs about 27 (a bare one 5)
     temperature: float = 1.0
     top_k: int = 0  # 0: the full distribution (what the policy gradient assumes)
     lr: float = 3e-5
@@ -172,7 +172,7 @@ class RLRun:
         self.log.path.unlink(missing_ok=True)
         tic = time.perf_counter()
         start = self.evaluate()
-        history = [{"step": 0, "accuracy": start.accuracy, "format": start.format_rate}]
+        history = [{"step": 0, "accuracy": start.accuracy, "format": start.format_rate, "worked": start.worked_rate}]
         self.log.append({"kind": "eval", **history[0]})
         bar = tqdm(range(1, self.config.steps + 1), desc=f"rl {self.algorithm.name}", disable=not self.progress,
                    leave=False)
@@ -188,7 +188,8 @@ class RLRun:
             self.log.append(record)
             if step % self.config.eval_interval == 0 or step == self.config.steps:
                 report = self.evaluate()
-                history.append({"step": step, "accuracy": report.accuracy, "format": report.format_rate})
+                history.append({"step": step, "accuracy": report.accuracy, "format": report.format_rate,
+                                "worked": report.worked_rate})
                 self.log.append({"kind": "eval", **history[-1]})
             bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{stats['kl']:.3f}",
                             acc=f"{history[-1]['accuracy']:.3f}")
@@ -219,7 +220,7 @@ def save_policy(run_dir: Path, base: LoadedRun, policy: nn.Module, info_name: st
 
 @torch.no_grad()
 def measure_kl(policy: nn.Module, reference: nn.Module, tokenizer: Tokenizer, asked: list[Question],
-               generator: torch.Generator, max_new_tokens: int = 8) -> float:
+               generator: torch.Generator, max_new_tokens: int = 32) -> float:
     """KL(policy || reference) per reply, estimated on replies the policy samples (temperature 1) to
     ``asked``: the same yardstick for every algorithm (the x axis of the DPO paper's Fig. 2)."""
     from quillgpt.posttrain.grpo import kl_per_reply, sampled_logprobs

@@ -3,6 +3,12 @@
     user:      What is 17 plus 26?          user:      Subtract 8 from 120.
     assistant: 43                           assistant: 112
 
+A demonstration can also show its work: ``units first 34, so 43`` writes the digits of the
+result from the units up, the order column arithmetic produces them and the order a
+left-to-right model can compute them without guessing carries (Lee et al. 2023: 3-digit
+addition with the answer reversed is learned far sooner than in plain order), then reads
+the number back. Only the final number is graded (the GSM8K convention).
+
 The problems come from ``tasks.arithmetic`` and keep its split: a hash of (a, op, b) puts each
 problem in train or test, so a held-out question is never trained on, whatever its wording.
 The wording is drawn at random from a few templates per operator, so the model has to read
@@ -27,6 +33,13 @@ TEMPLATES = {
           "How much is {a} times {b}?", "Compute {a}*{b}."),
 }
 ANSWER = re.compile(r"-?\d+")
+WORKED_LEAD = "units first "
+WORKED = re.compile(WORKED_LEAD + r"(\d+), so (-?\d+)")
+
+
+def show_work(number: str) -> str:
+    """A number with its work shown: its digits from the units up, then the number."""
+    return f"{WORKED_LEAD}{number.lstrip('-')[::-1]}, so {number}"
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,13 @@ class Question:
     def answer(self) -> str:
         return str(self.problem.result[0])
 
+    @property
+    def worked_answer(self) -> str:
+        return show_work(self.answer)
+
+    def demonstration(self, worked: bool) -> str:
+        return self.worked_answer if worked else self.answer
+
     def messages(self, reply: str | None = None) -> list[Message]:
         out = [Message("user", self.text)]
         return out if reply is None else [*out, Message("assistant", reply)]
@@ -51,7 +71,8 @@ class Question:
 
 def alphabet() -> str:
     """Every character a question or answer can contain."""
-    return "".join(sorted(set("".join("".join(t) for t in TEMPLATES.values())) - set("{}") | set("0123456789-")))
+    text = "".join("".join(t) for t in TEMPLATES.values())
+    return "".join(sorted(set(text) - set("{}") | set("0123456789-") | set(Question(Problem(1, "+", 2)).worked_answer)))
 
 
 def _worded(rng: random.Random, chosen: list[Problem]) -> list[Question]:
@@ -74,13 +95,23 @@ def fresh_questions(rng: random.Random, ops: str, digits: int, count: int) -> li
 
 
 def well_formed(reply: str) -> bool:
-    """The answer format: an optional minus sign and digits, nothing else."""
-    return ANSWER.fullmatch(reply) is not None
+    """The answer format: a number (an optional minus sign and digits), alone or after its work."""
+    return ANSWER.fullmatch(reply) is not None or WORKED.fullmatch(reply) is not None
+
+
+def final_answer(reply: str) -> str:
+    """The number a reply commits to: the reply itself, or the number after a worked answer's "so"."""
+    worked = WORKED.fullmatch(reply)
+    return worked.group(2) if worked else reply
 
 
 def exact_match(question: Question, reply: str) -> float:
     """The verifiable reward: 1.0 for exactly the right number, else 0.0."""
-    return float(reply == question.answer)
+    return float(final_answer(reply) == question.answer)
+
+
+def shows_work(reply: str) -> bool:
+    return WORKED.fullmatch(reply) is not None
 
 
 def wrong_answer(question: Question, rng: random.Random) -> str:
