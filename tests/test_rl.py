@@ -37,13 +37,13 @@ def first_token_reward(token_id: int):
     return score
 
 
-@pytest.mark.parametrize("algorithm", [GRPO, PPO])
-def test_a_tiny_policy_learns_a_trivial_reward(tmp_path: Path, algorithm):
+@pytest.mark.parametrize(("algorithm", "center"), [(GRPO, False), (PPO, False), (PPO, True)])
+def test_a_tiny_policy_learns_a_trivial_reward(tmp_path: Path, algorithm, center: bool):
     run = tiny_chat_run(tmp_path)
     seven = run.tokenizer.stoi["7"]
     config = RLConfig(reward="task:arithmetic", digits=1, steps=25, prompts_per_step=8, samples_per_prompt=8,
                       max_new_tokens=2, lr=1e-2, value_lr=1e-2, kl_coef=0.0, eval_interval=100, eval_questions=5,
-                      out_dir=str(tmp_path / "out"))
+                      center_scores=center, out_dir=str(tmp_path / "out"))
     rl = RLRun(run, config, algorithm, progress=False, reward=first_token_reward(seven))
     summary = rl.train()
     rewards = [r["reward"] for r in rl.log.read() if r["kind"] == "train"]
@@ -94,6 +94,37 @@ def test_reward_model_learns_to_rank_and_round_trips(tmp_path: Path):
         RewardConfig(steps=0).validate()
 
 
+def test_the_likelihood_term_is_the_replys_log_probability_and_round_trips(tmp_path: Path):
+    from quillgpt.chat import Message, prompt_ids
+    from quillgpt.posttrain.reward import RewardModel, encode_reply, score_replies
+    from quillgpt.posttrain.rollout import token_logprobs
+
+    run = tiny_chat_run(tmp_path)
+    model = RewardModel(run.model, likelihood=True)
+    replies = [("What is 1 plus 2?", "3"), ("Add 40 and 4.", "units first 44, so 44")]
+    with torch.no_grad():
+        scores = score_replies(model, run.tokenizer, replies)
+        for (prompt, reply), score in zip(replies, scores, strict=True):
+            ids = torch.tensor([encode_reply(run.tokenizer, prompt, reply)])
+            start = len(prompt_ids(run.tokenizer, [Message("user", prompt)]))
+            by_hand = token_logprobs(run.model(ids)[0], ids)[0, start - 1:].sum()  # the reply and its <|end|>
+            assert torch.allclose(score, by_hand, atol=1e-5)  # the head starts at 0, the scale at 1
+    with pytest.raises(ValueError, match="reply_mask"):
+        model(ids, torch.tensor([ids.size(1) - 1]))
+
+    config = RewardConfig(ops="+", digits=2, val_pairs=10, steps=3, batch_size=8, eval_interval=3, likelihood=True,
+                          out_dir=str(tmp_path / "rm"))
+    train_reward_model(run, config, progress=False)
+    loaded, tokenizer = load_reward_model(tmp_path / "rm")
+    state = loaded.head_state()
+    assert state["likelihood_scale"].item() != 1.0  # trained, saved and read back
+    again = RewardModel(run.model.eval(), likelihood=True)  # run.model is the trained backbone
+    again.load_head_state(state)
+    with torch.no_grad():
+        assert torch.allclose(score_replies(loaded, tokenizer, replies), score_replies(again, tokenizer, replies),
+                              atol=1e-5)
+
+
 def test_policy_pairs_are_the_models_own_wrong_answers(tmp_path: Path):
     from quillgpt.posttrain.reward import policy_pairs
     from quillgpt.tasks.questions import questions, well_formed
@@ -129,6 +160,8 @@ def test_generated_pairs_show_their_work_in_both_replies_or_neither(worked: floa
 
 
 def test_rl_config_errors_are_one_line():
+    with pytest.raises(ConfigError, match="center_scores"):
+        RLConfig(center_scores=True, samples_per_prompt=1).validate()
     with pytest.raises(ConfigError, match="unknown reward"):
         RLConfig(reward="magic").validate()
     with pytest.raises(ConfigError, match="steps"):

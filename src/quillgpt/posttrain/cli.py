@@ -160,7 +160,7 @@ def cmd_reward_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reward_score(args: argparse.Namespace) -> int:
-    from quillgpt.posttrain.reward import encode_reply, evaluate_pairs, load_reward_model, pad_rows, read_pairs
+    from quillgpt.posttrain.reward import evaluate_pairs, load_reward_model, read_pairs, score_replies
 
     model, tokenizer = load_reward_model(args.rm_dir, resolve_device(args.device))
     if args.data:
@@ -170,9 +170,8 @@ def cmd_reward_score(args: argparse.Namespace) -> int:
         return 0
     if args.prompt is None or args.response is None:
         raise ConfigError("give --prompt and --response (a score for one reply), or --data PAIRS.jsonl")
-    ids = encode_reply(tokenizer, args.prompt, args.response)
     with torch.no_grad():
-        score = float(model(*pad_rows([ids], 0, model.block_size, next(model.parameters()).device)))
+        score = float(score_replies(model, tokenizer, [(args.prompt, args.response)]))
     print(f"{score:.4f}")
     return 0
 

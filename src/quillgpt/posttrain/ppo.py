@@ -54,6 +54,13 @@ class PPO:
     def update(self, batch: RolloutBatch, scores: torch.Tensor) -> dict[str, float]:
         c = self.config
         mask = batch.response_mask.float()
+        if c.center_scores:
+            # A Bradley-Terry reward model learns only differences between replies to one prompt, so each
+            # prompt's scores carry an offset of their own (here: how sure the backbone is of any answer).
+            # With few samples per prompt that offset swamps right-vs-wrong in the advantages, and a value
+            # model needs many steps to learn it; the mean score of the prompt's samples removes it now
+            # (the leave-in baseline of RLOO / GRPO, applied to the terminal reward before GAE).
+            scores = scores - scores.view(-1, c.samples_per_prompt).mean(1).repeat_interleave(c.samples_per_prompt)
         old_logp = sampled_logprobs(self.policy, batch.ids)
         ref_logp = sampled_logprobs(self.reference, batch.ids)
         with torch.no_grad():

@@ -33,6 +33,7 @@ from quillgpt.errors import CheckpointError, ConfigError, DataError
 from quillgpt.fsutil import atomic_write_json
 from quillgpt.metrics import MetricsLog
 from quillgpt.posttrain.objectives import bradley_terry_loss, pairwise_accuracy
+from quillgpt.posttrain.rollout import token_logprobs
 from quillgpt.tasks.questions import (
     Question,
     exact_match,
@@ -51,15 +52,22 @@ INFO_FILE = "reward.json"
 class RewardModel(nn.Module):
     """GPT features -> one scalar per position; the reward is the scalar at a sequence's last token.
 
+    With ``likelihood``, the score also adds the backbone's own log-likelihood of the reply (its
+    language-model head, summed over the reply's tokens) times a learned scale that starts at 1.
+    The SFT backbone already ranks right answers above near misses by likelihood; a head on one
+    token has to learn to read that out through the whole network (a generative verifier in the
+    sense of Zhang et al. 2024, kept inside the Bradley-Terry reward model).
+
     The same module serves PPO as a value model (``values``: a scalar at every position).
     """
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, likelihood: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.config.n_embd, 1)
         nn.init.zeros_(self.head.weight)  # every reply scores 0 at the start: no preference yet
         nn.init.zeros_(self.head.bias)
+        self.likelihood_scale = nn.Parameter(torch.ones(())) if likelihood else None
 
     @property
     def block_size(self) -> int:
@@ -69,9 +77,32 @@ class RewardModel(nn.Module):
         """(B, T) scalars, one per position."""
         return self.head(self.backbone.features(idx)).squeeze(-1).float()
 
-    def forward(self, idx: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """(B,) the score at each row's last token (index ``last``; rows are right-padded)."""
-        return self.values(idx).gather(1, last.unsqueeze(1)).squeeze(1)
+    def forward(self, idx: torch.Tensor, last: torch.Tensor, reply_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) the score at each row's last token (index ``last``; rows are right-padded).
+
+        ``reply_mask`` (B, T-1), true where the next token is the reply's (``RolloutBatch.response_mask``),
+        is needed with ``likelihood``.
+        """
+        features = self.backbone.features(idx)
+        score = self.head(features).squeeze(-1).float().gather(1, last.unsqueeze(1)).squeeze(1)
+        if self.likelihood_scale is None:
+            return score
+        if reply_mask is None:
+            raise ValueError("a reward model with the likelihood term needs each reply's positions (reply_mask)")
+        logp = token_logprobs(self.backbone.lm_head(features), idx)
+        return score + self.likelihood_scale * (logp * reply_mask).sum(1)
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """What the reward model adds to its backbone: saved beside the backbone's checkpoint."""
+        extra = {} if self.likelihood_scale is None else {"likelihood_scale": self.likelihood_scale.detach()}
+        return {**self.head.state_dict(), **extra}
+
+    def load_head_state(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        if self.likelihood_scale is not None:
+            with torch.no_grad():
+                self.likelihood_scale.copy_(state.pop("likelihood_scale"))
+        self.head.load_state_dict(state)
 
 
 @dataclass
@@ -90,6 +121,7 @@ class RewardConfig:
     eval_interval: int = 250
     policy_pairs: int = 0  # arithmetic: questions whose wrong answers are the SFT model's own samples (half a batch)
     worked: float = 0.0  # arithmetic: share of pairs whose two replies both show their work (units first)
+    likelihood: bool = False  # add the backbone's log-likelihood of the reply (learned scale) to the score
     seed: int = 0
     out_dir: str = ""
 
@@ -179,6 +211,23 @@ def encode_reply(tokenizer: Tokenizer, prompt: str, reply: str) -> list[int]:
     return encode_conversation(tokenizer, [Message("user", prompt), Message("assistant", reply)]).ids
 
 
+def reply_mask(starts: list[int], lengths: list[int], width: int, device: torch.device | str) -> torch.Tensor:
+    """(B, width - 1), true at t where token t+1 belongs to the reply (from ``starts[b]`` to the end of row b)."""
+    mask = torch.zeros((len(starts), width - 1), dtype=torch.bool)
+    for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+        mask[row, start - 1: length - 1] = True
+    return mask.to(device)
+
+
+def score_replies(model: RewardModel, tokenizer: Tokenizer, replies: list[tuple[str, str]]) -> torch.Tensor:
+    """The score of each (prompt, reply)."""
+    device = next(model.parameters()).device
+    rows = [encode_reply(tokenizer, prompt, reply) for prompt, reply in replies]
+    starts = [len(prompt_ids(tokenizer, [Message("user", prompt)])) for prompt, _ in replies]
+    ids, last = pad_rows(rows, tokenizer.special_ids["<|end|>"], model.block_size, device)
+    return model(ids, last, reply_mask(starts, [len(r) for r in rows], ids.size(1), device))
+
+
 def pad_rows(rows: list[list[int]], pad_id: int, block_size: int,
              device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (B, T) ids and each row's last index; a row longer than the context is an error."""
@@ -195,14 +244,11 @@ def pad_rows(rows: list[list[int]], pad_id: int, block_size: int,
 def score_pairs(model: RewardModel, tokenizer: Tokenizer, pairs: list[Pair],
                 batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores (chosen, rejected) of every pair."""
-    device = next(model.parameters()).device
-    pad = tokenizer.special_ids["<|end|>"]
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        rows = [encode_reply(tokenizer, p.prompt, p.chosen) for p in chunk]
-        rows += [encode_reply(tokenizer, p.prompt, p.rejected) for p in chunk]
-        scores = model(*pad_rows(rows, pad, model.block_size, device))
+        scores = score_replies(model, tokenizer, [(p.prompt, p.chosen) for p in chunk] +
+                               [(p.prompt, p.rejected) for p in chunk])
         chosen.append(scores[: len(chunk)])
         rejected.append(scores[len(chunk):])
     return torch.cat(chosen), torch.cat(rejected)
@@ -231,7 +277,7 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
         own_val = policy_pairs(base.model, base.tokenizer, [q for q in questions(
             config.ops, config.digits, config.val_pairs, config.seed + 3, "test")], seed=config.seed + 1)
     torch.manual_seed(config.seed)
-    model = RewardModel(base.model)
+    model = RewardModel(base.model, likelihood=config.likelihood)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
@@ -278,7 +324,7 @@ def save_reward_model(run_dir: Path, model: RewardModel, base: LoadedRun, config
     write_run_files(run_dir, base.config, base.tokenizer, {"dataset": f"reward:{config.data}",
                                                            "reward": dataclasses.asdict(config)})
     write_checkpoint(run_dir, config.steps, model.backbone.state_dict(),
-                     extra_files={HEAD_FILE: model.head.state_dict()})
+                     extra_files={HEAD_FILE: model.head_state()})
     atomic_write_json(run_dir / INFO_FILE, {"base": str(base.run_dir), "config": dataclasses.asdict(config),
                                             "summary": summary})
 
@@ -290,8 +336,9 @@ def load_reward_model(run_dir: str | Path, device: str | torch.device = "cpu") -
     if not head_path.is_file():
         raise CheckpointError(f"{run.run_dir} is not a reward model (no {HEAD_FILE}): train one with "
                               "quill reward train SFT_RUN")
-    model = RewardModel(run.model)
-    model.head.load_state_dict(read_tensors(head_path, model.head.state_dict()))
+    trained_with = run.data_info.get("reward", {})  # the RewardConfig, saved in data.json by save_reward_model
+    model = RewardModel(run.model, likelihood=bool(trained_with.get("likelihood", False)))
+    model.load_head_state(read_tensors(head_path, model.head_state()))
     return model.to(device).eval(), run.tokenizer
 
 

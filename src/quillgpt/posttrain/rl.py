@@ -65,6 +65,7 @@ class RLConfig:
     vf_coef: float = 0.5  # PPO: weight of the value loss
     value_clip: float = 0.2  # PPO: value clip
     value_lr: float = 1e-4  # PPO: value model learning rate
+    center_scores: bool = False  # PPO: subtract each question's mean score over its samples (see ppo.PPO)
     unfinished_reward: float = -1.0  # model reward: a reply that never ends gets this, not a score
     grad_clip: float = 1.0
     eval_interval: int = 25
@@ -82,6 +83,8 @@ class RLConfig:
             raise ConfigError("kl_coef and kl_target must be >= 0 and clip in (0, 1)")
         if not (self.reward == "task:arithmetic" or self.reward.startswith("model:")):
             raise ConfigError(f"unknown reward {self.reward!r}: use task:arithmetic or model:RM_DIR")
+        if self.center_scores and self.samples_per_prompt < 2:
+            raise ConfigError("center_scores needs samples_per_prompt >= 2 (a question's mean score is the baseline)")
         if (self.prompts_per_step * self.samples_per_prompt) % self.minibatches:
             raise ConfigError("prompts_per_step * samples_per_prompt must divide into minibatches evenly")
 
@@ -113,7 +116,7 @@ def model_reward(path: str, tokenizer: Tokenizer, unfinished: float, device: tor
     @torch.no_grad()
     def score(asked: list[Question], rollouts: list[Rollout]) -> torch.Tensor:
         batch = RolloutBatch.from_rollouts(rollouts, end_id(tokenizer), device)
-        scores = model(batch.ids, batch.last).cpu()
+        scores = model(batch.ids, batch.last, batch.response_mask).cpu()
         finished = torch.tensor([r.finished for r in rollouts])
         return torch.where(finished, scores, torch.full_like(scores, unfinished))
     return score
