@@ -143,20 +143,37 @@ def test_policy_pairs_are_the_models_own_wrong_answers(tmp_path: Path):
         assert pair.chosen == answers[pair.prompt] and pair.rejected != pair.chosen and well_formed(pair.rejected)
 
 
-@pytest.mark.parametrize("worked", [0.0, 1.0])
-def test_generated_pairs_show_their_work_in_both_replies_or_neither(worked: float):
+@pytest.mark.parametrize(("worked", "style"), [(0.0, "units"), (1.0, "units"), (1.0, "columns")])
+def test_generated_pairs_show_their_work_in_both_replies_or_neither(worked: float, style: str):
     import random
 
     from quillgpt.posttrain.reward import arithmetic_pairs, fresh_pairs
     from quillgpt.tasks.questions import final_answer, questions, shows_work, well_formed
 
     answers = {q.text: q.answer for q in questions("+", 3, 50, 1, "test")}
-    held_out = arithmetic_pairs("+", 3, 50, 1, "test", worked)
-    assert held_out == arithmetic_pairs("+", 3, 50, 1, "test", worked)  # the same held-out pairs every run
-    for pair in held_out + fresh_pairs(random.Random(0), "+", 3, 50, worked):
+    held_out = arithmetic_pairs("+", 3, 50, 1, "test", worked, style)
+    assert held_out == arithmetic_pairs("+", 3, 50, 1, "test", worked, style)  # the same held-out pairs every run
+    for pair in held_out + fresh_pairs(random.Random(0), "+", 3, 50, worked, style):
         assert shows_work(pair.chosen) == shows_work(pair.rejected) == (worked == 1.0)
         assert well_formed(pair.rejected) and final_answer(pair.rejected) != final_answer(pair.chosen)
+        assert pair.chosen.startswith("units first") == pair.rejected.startswith("units first") == (
+            worked == 1.0 and style == "units")
     assert all(final_answer(p.chosen) == answers[p.prompt] for p in held_out)
+
+
+def test_a_misread_column_addition_is_consistent_but_wrong():
+    import random
+
+    from quillgpt.tasks.questions import WORKED, misread_columns, questions
+
+    rng = random.Random(0)
+    for q in questions("+", 3, 100, 2, "test"):
+        wrong = misread_columns(q, rng)
+        steps, total = wrong.split(": ")
+        x = int("".join(step[0] for step in steps.split())[::-1])  # the operands as the reply read them
+        y = int("".join(step[2] for step in steps.split())[::-1])
+        assert WORKED.fullmatch(wrong) and int(total) == x + y != int(q.answer)
+        assert sorted([abs(x - q.problem.a), abs(y - q.problem.b)])[0] == 0  # one operand misread, not both
 
 
 def test_rl_config_errors_are_one_line():

@@ -65,6 +65,21 @@ def test_a_worked_answer_shows_the_digits_from_the_units_up_and_is_graded_on_its
     assert set(q.worked_answer) <= set(alphabet())
 
 
+def test_column_addition_is_written_out_units_first_with_its_carries():
+    q = Question(Problem(943, "+", 365), 0)
+    assert q.demonstration(True, "columns") == "3+5=8 4+6=10 9+3+1=13: 1308"
+    assert Question(Problem(47, "+", 404), 0).demonstration(True, "columns") == "7+4=11 4+0+1=5 0+4=4: 451"
+    assert Question(Problem(8, "-", 120), 0).demonstration(True, "columns") == "units first 211, so -112"  # + only
+    reply = q.demonstration(True, "columns")
+    assert well_formed(reply) and shows_work(reply) and final_answer(reply) == "1308" and exact_match(q, reply) == 1.0
+    assert exact_match(q, "3+5=8: 1309") == 0.0 and not well_formed("3+5=8 1308") and not well_formed("3+5=8:1308")
+    data = ChatDataset(ChatConfig(chat_data="arithmetic", chat_ops="+", chat_val=50, chat_worked=1.0,
+                                  chat_work_style="columns"))
+    data.check_block_size(64)  # the longest (999 + 999 in the longest wording) fits the cpu-small context
+    with pytest.raises(ConfigError, match="chat_work_style"):
+        ChatConfig(chat_data="arithmetic", chat_work_style="long").validate()
+
+
 @pytest.mark.parametrize("share", [0.0, 0.25, 1.0])
 def test_a_share_of_the_demonstrations_shows_its_work(share: float):
     data = ChatDataset(ChatConfig(chat_data="arithmetic", chat_ops="+", chat_val=200, chat_worked=share))

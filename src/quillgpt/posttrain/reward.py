@@ -35,9 +35,11 @@ from quillgpt.metrics import MetricsLog
 from quillgpt.posttrain.objectives import bradley_terry_loss, pairwise_accuracy
 from quillgpt.posttrain.rollout import token_logprobs
 from quillgpt.tasks.questions import (
+    WORK_STYLES,
     Question,
     exact_match,
     fresh_questions,
+    misread_columns,
     questions,
     show_work,
     well_formed,
@@ -121,6 +123,7 @@ class RewardConfig:
     eval_interval: int = 250
     policy_pairs: int = 0  # arithmetic: questions whose wrong answers are the SFT model's own samples (half a batch)
     worked: float = 0.0  # arithmetic: share of pairs whose two replies both show their work (units first)
+    work_style: str = "units"  # the worked replies: units ("units first 34, so 43") or columns (additions)
     likelihood: bool = False  # add the backbone's log-likelihood of the reply (learned scale) to the score
     seed: int = 0
     out_dir: str = ""
@@ -131,6 +134,8 @@ class RewardConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.worked <= 1.0:
             raise ConfigError(f"worked is a share of the pairs, in [0, 1], got {self.worked}")
+        if self.work_style not in WORK_STYLES:
+            raise ConfigError(f"work_style must be one of {', '.join(WORK_STYLES)}, got {self.work_style!r}")
 
 
 @dataclass(frozen=True)
@@ -152,22 +157,27 @@ def read_pairs(path: str | Path) -> list[Pair]:
     return out
 
 
-def question_pair(q: Question, rng: random.Random, worked: float) -> Pair:
-    """The right answer against a wrong one; with probability ``worked`` both show their work."""
+def question_pair(q: Question, rng: random.Random, worked: float, style: str = "units") -> Pair:
+    """The right answer against a wrong one; with probability ``worked`` both show their work
+    (``columns``, for additions: the wrong one misreads an operand digit, ``misread_columns``)."""
     wrong = wrong_answer(q, rng)
     if rng.random() < worked:
+        if style == "columns" and q.problem.op == "+":
+            return Pair(q.text, q.demonstration(True, style), misread_columns(q, rng))
         return Pair(q.text, q.worked_answer, show_work(wrong))
     return Pair(q.text, q.answer, wrong)
 
 
-def arithmetic_pairs(ops: str, digits: int, count: int, seed: int, split: str, worked: float = 0.0) -> list[Pair]:
+def arithmetic_pairs(ops: str, digits: int, count: int, seed: int, split: str, worked: float = 0.0,
+                     style: str = "units") -> list[Pair]:
     """``count`` pairs of distinct questions of ``split``: the right answer against a wrong one."""
     rng = random.Random(f"pairs:{seed}:{split}")
-    return [question_pair(q, rng, worked) for q in questions(ops, digits, count, seed, split)]
+    return [question_pair(q, rng, worked, style) for q in questions(ops, digits, count, seed, split)]
 
 
-def fresh_pairs(rng: random.Random, ops: str, digits: int, count: int, worked: float = 0.0) -> list[Pair]:
-    return [question_pair(q, rng, worked) for q in fresh_questions(rng, ops, digits, count)]
+def fresh_pairs(rng: random.Random, ops: str, digits: int, count: int, worked: float = 0.0,
+                style: str = "units") -> list[Pair]:
+    return [question_pair(q, rng, worked, style) for q in fresh_questions(rng, ops, digits, count)]
 
 
 def split_pairs(config: RewardConfig) -> tuple[list[Pair] | None, list[Pair]]:
@@ -175,7 +185,7 @@ def split_pairs(config: RewardConfig) -> tuple[list[Pair] | None, list[Pair]]:
     if config.data == "arithmetic":
         try:
             return None, arithmetic_pairs(config.ops, config.digits, config.val_pairs, config.seed + 1, "test",
-                                          config.worked)
+                                          config.worked, config.work_style)
         except ValueError as exc:
             raise ConfigError(f"{exc} (--val-pairs)") from None
     pairs = read_pairs(config.data)
@@ -290,9 +300,10 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
     bar = tqdm(range(1, config.steps + 1), desc="reward model", disable=not progress, leave=False)
     for step in bar:
         n_own = config.batch_size // 2 if own_train else 0
-        batch = (fresh_pairs(rng, config.ops, config.digits, config.batch_size - n_own, config.worked)
+        n_new = config.batch_size - n_own
+        batch = (fresh_pairs(rng, config.ops, config.digits, n_new, config.worked, config.work_style)
                  if train_pairs is None
-                 else [train_pairs[rng.randrange(len(train_pairs))] for _ in range(config.batch_size - n_own)])
+                 else [train_pairs[rng.randrange(len(train_pairs))] for _ in range(n_new)])
         batch += [own_train[rng.randrange(len(own_train))] for _ in range(n_own)]
         chosen, rejected = score_pairs(model, base.tokenizer, batch, batch_size=len(batch))
         loss = bradley_terry_loss(chosen, rejected)

@@ -54,11 +54,12 @@ class ChatBatches(SeededSampler):
 
     def __init__(self, tokenizer: Tokenizer, batch_size: int, block_size: int, seed: int,
                  device: str | torch.device, pool: list[Encoded] | None = None,
-                 fresh: tuple[str, int] | None = None, worked: float = 0.0) -> None:
+                 fresh: tuple[str, int] | None = None, worked: float = 0.0, style: str = "units") -> None:
         if pool is not None and not pool:
             raise DataError("no conversations to draw batches from: the split is empty")
         self.tokenizer, self.batch_size, self.block_size = tokenizer, batch_size, block_size
-        self.pool, self.fresh, self.worked, self.device = pool, fresh, worked, torch.device(device)
+        self.pool, self.fresh, self.device = pool, fresh, torch.device(device)
+        self.worked, self.style = worked, style
         self.pad_id = tokenizer.special_ids["<|end|>"]
         super().__init__(seed)
 
@@ -68,20 +69,21 @@ class ChatBatches(SeededSampler):
         else:
             assert self.fresh is not None
             rng = self.fresh_rng()
-            chosen = [encode_question(self.tokenizer, q, rng.random() < self.worked)
+            chosen = [encode_question(self.tokenizer, q, rng.random() < self.worked, self.style)
                       for q in fresh_questions(rng, *self.fresh, self.batch_size)]
         return to_device(*conversation_rows(chosen, self.block_size, self.pad_id), self.device)
 
 
-def encode_question(tokenizer: Tokenizer, question: Question, worked: bool = False) -> Encoded:
+def encode_question(tokenizer: Tokenizer, question: Question, worked: bool = False, style: str = "units") -> Encoded:
     """A question and its demonstration: the bare answer, or with its work shown."""
-    return encode_conversation(tokenizer, question.messages(question.demonstration(worked)))
+    return encode_conversation(tokenizer, question.messages(question.demonstration(worked, style)))
 
 
-def encode_questions(tokenizer: Tokenizer, asked: list[Question], worked: float, seed: int) -> list[Encoded]:
+def encode_questions(tokenizer: Tokenizer, asked: list[Question], worked: float, seed: int,
+                     style: str = "units") -> list[Encoded]:
     """A fixed pool of demonstrations; a seeded share ``worked`` of them show their work."""
     rng = random.Random(f"worked:{seed}")
-    return [encode_question(tokenizer, q, rng.random() < worked) for q in asked]
+    return [encode_question(tokenizer, q, rng.random() < worked, style) for q in asked]
 
 
 class ChatDataset:
@@ -109,8 +111,10 @@ class ChatDataset:
             train = questions(c.chat_ops, c.chat_digits, c.chat_examples, 0, "train") if c.chat_examples else None
         except ValueError as exc:
             raise ConfigError(f"{exc} (--chat-val / --chat-examples)") from None
-        self.val_pool = encode_questions(self.tokenizer, self.val_questions, c.chat_worked, c.chat_seed)
-        self.train_pool = None if train is None else encode_questions(self.tokenizer, train, c.chat_worked, 0)
+        self.val_pool = encode_questions(self.tokenizer, self.val_questions, c.chat_worked, c.chat_seed,
+                                         c.chat_work_style)
+        self.train_pool = None if train is None else encode_questions(self.tokenizer, train, c.chat_worked, 0,
+                                                                      c.chat_work_style)
         self._sha256 = hashlib.sha256(json.dumps(dataclasses.asdict(c), sort_keys=True).encode()).hexdigest()
 
     def _open_jsonl(self, path: Path, base: Tokenizer | None) -> None:
@@ -141,7 +145,8 @@ class ChatDataset:
         if self.config.builtin:  # fresh questions: the longest operands in every wording
             big = 10**self.config.chat_digits - 1
             extremes = [Problem(big, op, big) for op in self.config.chat_ops] + [Problem(0, "-", big)]
-            pools += [encode_question(self.tokenizer, Question(p, t), self.config.chat_worked > 0)
+            pools += [encode_question(self.tokenizer, Question(p, t), self.config.chat_worked > 0,
+                                      self.config.chat_work_style)
                       for p in extremes if p.op in self.config.chat_ops for t in range(len(TEMPLATES[p.op]))]
         return max(len(e.ids) for e in pools) - 1
 
@@ -158,7 +163,7 @@ class ChatDataset:
             return ChatBatches(self.tokenizer, batch_size, block_size, seed, device, pool=self.val_pool)
         fresh = (self.config.chat_ops, self.config.chat_digits) if self.train_pool is None else None
         return ChatBatches(self.tokenizer, batch_size, block_size, seed, device, pool=self.train_pool, fresh=fresh,
-                           worked=self.config.chat_worked)
+                           worked=self.config.chat_worked, style=self.config.chat_work_style)
 
     def info(self) -> dict[str, Any]:
         return {"dataset": str(self.folder), "chat": dataclasses.asdict(self.config),

@@ -34,12 +34,25 @@ TEMPLATES = {
 }
 ANSWER = re.compile(r"-?\d+")
 WORKED_LEAD = "units first "
-WORKED = re.compile(WORKED_LEAD + r"(\d+), so (-?\d+)")
+WORK_STYLES = ("units", "columns")
+WORKED = re.compile(WORKED_LEAD + r"\d+, so (-?\d+)|(?:\d\+\d(?:\+1)?=\d+ )*\d\+\d(?:\+1)?=\d+: (-?\d+)")
 
 
 def show_work(number: str) -> str:
     """A number with its work shown: its digits from the units up, then the number."""
     return f"{WORKED_LEAD}{number.lstrip('-')[::-1]}, so {number}"
+
+
+def show_columns(a: int, b: int) -> str:
+    """Column addition written out, units first: ``3+5=8 4+6=10 9+3+1=13: 1308`` for 943 + 365."""
+    steps, carry = [], 0
+    da, db = str(a)[::-1], str(b)[::-1]
+    for i in range(max(len(da), len(db))):
+        x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
+        total = x + y + carry
+        steps.append(f"{x}+{y}{'+1' if carry else ''}={total}")
+        carry = int(total >= 10)
+    return f"{' '.join(steps)}: {a + b}"
 
 
 @dataclass(frozen=True)
@@ -61,8 +74,13 @@ class Question:
     def worked_answer(self) -> str:
         return show_work(self.answer)
 
-    def demonstration(self, worked: bool) -> str:
-        return self.worked_answer if worked else self.answer
+    def demonstration(self, worked: bool, style: str = "units") -> str:
+        """The reply SFT shows: the bare answer, or with its work (``columns``: addition only)."""
+        if not worked:
+            return self.answer
+        if style == "columns" and self.problem.op == "+":
+            return show_columns(self.problem.a, self.problem.b)
+        return self.worked_answer
 
     def messages(self, reply: str | None = None) -> list[Message]:
         out = [Message("user", self.text)]
@@ -72,7 +90,8 @@ class Question:
 def alphabet() -> str:
     """Every character a question or answer can contain."""
     text = "".join("".join(t) for t in TEMPLATES.values())
-    return "".join(sorted(set(text) - set("{}") | set("0123456789-") | set(Question(Problem(1, "+", 2)).worked_answer)))
+    shown = Question(Problem(1, "+", 2)).worked_answer + show_columns(1, 2)
+    return "".join(sorted(set(text) - set("{}") | set("0123456789-") | set(shown)))
 
 
 def _worded(rng: random.Random, chosen: list[Problem]) -> list[Question]:
@@ -94,6 +113,25 @@ def fresh_questions(rng: random.Random, ops: str, digits: int, count: int) -> li
     return _worded(rng, chosen)
 
 
+def misread_columns(question: Question, rng: random.Random) -> str:
+    """A wrong worked addition of the kind a model makes: one operand digit misread by one, the
+    columns then done right for the misread numbers (so the final number is off by 1, 10 or 100)."""
+    operands = [str(question.problem.a), str(question.problem.b)]
+    for _ in range(100):
+        which = rng.randrange(2)
+        digits = list(operands[which])
+        place = rng.randrange(len(digits))
+        new = int(digits[place]) + rng.choice((-1, 1))
+        if 0 <= new <= 9:  # a digit stays a digit: the reply is no longer than the right one
+            digits[place] = str(new)
+            misread = [operands[0], operands[1]]
+            misread[which] = "".join(digits)
+            x, y = int(misread[0]), int(misread[1])
+            if x + y != question.problem.a + question.problem.b:
+                return show_columns(x, y)
+    return show_columns(question.problem.a, question.problem.b + 1)
+
+
 def well_formed(reply: str) -> bool:
     """The answer format: a number (an optional minus sign and digits), alone or after its work."""
     return ANSWER.fullmatch(reply) is not None or WORKED.fullmatch(reply) is not None
@@ -102,7 +140,7 @@ def well_formed(reply: str) -> bool:
 def final_answer(reply: str) -> str:
     """The number a reply commits to: the reply itself, or the number after a worked answer's "so"."""
     worked = WORKED.fullmatch(reply)
-    return worked.group(2) if worked else reply
+    return (worked.group(1) or worked.group(2)) if worked else reply
 
 
 def exact_match(question: Question, reply: str) -> float:
