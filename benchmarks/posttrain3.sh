@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 QUILL="${QUILL:-.venv/bin/quill}"
 RUNS=runs/posttrain
 OUT=benchmarks/results/posttrain
-STAGES="${STAGES:-sft3d sftw rm grpo ppo eval}"
+STAGES="${STAGES:-sft3d sftw rm grpo ppo columns eval}"
 TASK=(--ops + --digits 3)
 SFT=(--chat-ops + --chat-digits 3 --lr 1e-3 --warmup-iters 20 --batch-size 64 --eval-interval 250 --overwrite --no-progress)
 mkdir -p "$OUT"
@@ -35,8 +35,19 @@ stage grpo && "$QUILL" rl grpo "$RUNS/sftw2" "${TASK[@]}" --steps 300 --prompts-
 stage ppo && "$QUILL" rl ppo "$RUNS/sftw2" --reward "model:$RUNS/rm" "${TASK[@]}" --steps 100 --warmup 5 \
   --prompts-per-step 32 --samples-per-prompt 4 --center-scores --kl-coef 1.0 --kl-target 1.0 --eval-interval 20 \
   --seed 1 --out-dir "$RUNS/ppo3" --overwrite --no-progress
+if stage columns; then  # column addition written out: "3+5=8 4+6=10 9+3+1=13: 1308"
+  "$QUILL" sft "$RUNS/sftw3" "${SFT[@]}" --chat-worked 0.4 --chat-work-style columns --max-iters 2000 \
+    --eval-interval 500 --out-dir "$RUNS/sftc1"                                              # 69.2%, 30.4% showing work
+  "$QUILL" rl grpo "$RUNS/sftc1" "${TASK[@]}" --steps 60 --prompts-per-step 64 --samples-per-prompt 8 --lr 2e-4 \
+    --warmup 10 --eval-interval 10 --out-dir "$RUNS/grpo-columns" --overwrite --no-progress   # 84.6%
+  "$QUILL" reward train "$RUNS/sftc1" "${TASK[@]}" --worked 0.5 --work-style columns --likelihood --policy-pairs 2000 \
+    --lr 2e-4 --val-pairs 500 --steps 400 --eval-interval 100 --out-dir "$RUNS/rm-columns" --overwrite --no-progress  # 98.2%
+  "$QUILL" rl ppo "$RUNS/sftc1" --reward "model:$RUNS/rm-columns" "${TASK[@]}" --steps 60 --warmup 5 \
+    --prompts-per-step 32 --samples-per-prompt 4 --center-scores --kl-coef 0.3 --kl-target 2.0 --eval-interval 10 \
+    --out-dir "$RUNS/ppo-columns" --overwrite --no-progress                                  # stopped at 41: 60.8%
+fi
 if stage eval; then
-  for run in sft3d-2 sftw2 sftw3 grpo3 ppo3; do
+  for run in sft3d-2 sftw2 sftw3 grpo3 ppo3 sftc1 grpo-columns ppo-columns; do
     [ -d "$RUNS/$run" ] || continue
     "$QUILL" task eval "$RUNS/$run" --n 500 --eval-seed 1000 | tee "$OUT/s14-$run-eval.txt"
   done
