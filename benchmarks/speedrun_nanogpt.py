@@ -107,7 +107,7 @@ def main() -> None:
     if not (args.nanogpt / "train.py").is_file():
         sys.exit(f"{args.nanogpt} is not a nanoGPT checkout (no train.py): clone github.com/karpathy/nanoGPT there")
     sys.path.insert(0, str(ROOT / "src"))
-    from quillgpt.data import find_corpus
+    from quillgpt.corpora import find_corpus
 
     args.work.mkdir(parents=True, exist_ok=True)
     rows = [] if args.skip_nanogpt else [run_nanogpt(args.nanogpt.resolve(), find_corpus("shakespeare"))]

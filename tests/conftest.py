@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from quillgpt.data import find_corpus, prepare_text
+from quillgpt.corpora import find_corpus
+from quillgpt.data import prepare_text
 
 WORDS = ("the king shall speak to thee and thou art my lord good night sweet prince "
          "what light through yonder window breaks").split()

@@ -6,17 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from quillgpt.corpora import CORPORA, find_corpus, read_text
 from quillgpt.data import (
-    CORPORA,
     Batches,
     TokenDataset,
     TokenizerChoice,
-    find_corpus,
     load_tokenizer,
     prepare_file,
     prepare_source,
     prepare_text,
-    read_text,
     resolve_dataset,
     token_dtype,
 )
@@ -218,11 +216,11 @@ def test_english_novels_is_registered_with_its_sha256(monkeypatch: pytest.Monkey
         found = None  # not on this machine: the lookup itself is tested below
     if found is not None:
         assert found.name == "novels95.txt.gz"
-    import quillgpt.data as data
+    import quillgpt.corpora as corpora
 
     monkeypatch.setenv("QUILL_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_shared_data_dirs", lambda: [])
+    monkeypatch.setattr(corpora, "_shared_data_dirs", lambda: [])
     with pytest.raises(DataError, match=r"cannot be downloaded: put novels95.txt.gz .*english_novels/"):
         find_corpus("english-novels")
     fake = tmp_path / "english_novels" / "novels95.txt.gz"

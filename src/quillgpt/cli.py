@@ -35,8 +35,8 @@ import torch
 from quillgpt import distributed
 from quillgpt.checkpoint import LoadedRun, load_run, read_config
 from quillgpt.config import PRESETS, SECTIONS, RunConfig, field_types, parse_value, preset
+from quillgpt.corpora import CORPORA
 from quillgpt.data import (
-    CORPORA,
     TokenDataset,
     TokenizerChoice,
     default_dataset_dir,

@@ -21,7 +21,8 @@ import torch
 from quillgpt.checkpoint import load_run
 from quillgpt.cli import main
 from quillgpt.config import ModelConfig, RunConfig, TrainConfig
-from quillgpt.data import Batches, TokenDataset, prepare_text, read_text
+from quillgpt.corpora import read_text
+from quillgpt.data import Batches, TokenDataset, prepare_text
 from quillgpt.errors import CheckpointError, ConfigError, DataError, SamplingError, TokenizerError
 from quillgpt.evaluate import evaluate_ids
 from quillgpt.models import build_model
@@ -328,12 +329,12 @@ def tiny_model() -> torch.nn.Module:
 
 
 def novels_nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import quillgpt.data as data
+    import quillgpt.corpora as corpora
 
     monkeypatch.setenv("QUILL_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(data, "_shared_data_dirs", lambda: [])
-    data.find_corpus("english-novels")
+    monkeypatch.setattr(corpora, "_shared_data_dirs", lambda: [])
+    corpora.find_corpus("english-novels")
 
 
 def unknown_token_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

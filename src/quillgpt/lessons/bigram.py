@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from quillgpt.config import ModelConfig
-from quillgpt.data import TRAIN_FRACTION, Batches, find_corpus, read_text
+from quillgpt.corpora import find_corpus, read_text
+from quillgpt.data import TRAIN_FRACTION, Batches
 from quillgpt.errors import ConfigError, DataError
 from quillgpt.lessons import one_thread
 from quillgpt.models.bigram import BigramLanguageModel

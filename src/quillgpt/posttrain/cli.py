@@ -217,17 +217,26 @@ def cmd_dpo(args: argparse.Namespace) -> int:
     return 0
 
 
+POLICY_RUN_HELP = "the SFT run to start the policy (and the frozen reference) from"
+
+
+def _from_run(parser: argparse.ArgumentParser, run_help: str) -> argparse.ArgumentParser:
+    """The arguments of every command that starts from a run and writes a new one."""
+    parser.add_argument("run_dir", help=run_help)
+    parser.add_argument("--overwrite", action="store_true", help="start over in an --out-dir that holds a run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
 def add_posttrain_commands(commands: Any) -> None:
     """Add ``sft``, ``chat``, ``reward``, ``rl`` and ``dpo`` to the ``quill`` subcommands."""
     from quillgpt.cli import OneLineParser, add_config_flags, add_dataclass_flags, add_run_flags, optional_int
 
     sft = commands.add_parser("sft", help="finetune a trained run on conversations (loss on the replies only)")
-    sft.add_argument("run_dir", help="the pretrained run to start from (its best checkpoint)")
+    _from_run(sft, "the pretrained run to start from (its best checkpoint)")
     sft.add_argument("--data", default="arithmetic",
                      help="a JSONL file ({\"messages\": [...]} or {\"prompt\", \"response\"} per line), or "
                           "arithmetic: generated questions like 'What is 17 plus 26?' (default)")
-    sft.add_argument("--overwrite", action="store_true", help="start over in an --out-dir that holds a run")
-    sft.add_argument("--no-progress", action="store_true", help="no progress bar")
     sft.add_argument("--stop-at", type=optional_int, metavar="STEP",
                      help="save a checkpoint and exit after this step (continue with quill train --resume)")
     sft.set_defaults(func=cmd_sft, resume=None)
@@ -250,9 +259,7 @@ def add_posttrain_commands(commands: Any) -> None:
     reward = commands.add_parser("reward", help="reward models: train one on preference pairs, score replies")
     reward_commands = reward.add_subparsers(dest="reward_command", required=True, parser_class=OneLineParser)
     reward_train = reward_commands.add_parser("train", help="a Bradley-Terry reward model from an SFT run")
-    reward_train.add_argument("run_dir", help="the SFT run whose weights start the backbone")
-    reward_train.add_argument("--overwrite", action="store_true")
-    reward_train.add_argument("--no-progress", action="store_true")
+    _from_run(reward_train, "the SFT run whose weights start the backbone")
     add_dataclass_flags(reward_train, RewardConfig, "reward", "reward model config", frozenset())
     reward_train.set_defaults(func=cmd_reward_train)
     reward_score = reward_commands.add_parser("score", help="score a reply, or pairwise accuracy on a pairs file")
@@ -265,9 +272,7 @@ def add_posttrain_commands(commands: Any) -> None:
 
     rl = commands.add_parser("rl", help="reinforcement learning from a reward: ppo or grpo")
     rl.add_argument("algorithm", choices=["ppo", "grpo"])
-    rl.add_argument("run_dir", help="the SFT run to start the policy (and the frozen reference) from")
-    rl.add_argument("--overwrite", action="store_true")
-    rl.add_argument("--no-progress", action="store_true")
+    _from_run(rl, POLICY_RUN_HELP)
     rl.add_argument("--device", default="cpu")
     add_dataclass_flags(rl, RLConfig, "rl", "RL config (PPO changes some defaults, see quill rl --help)",
                         frozenset())
@@ -276,8 +281,6 @@ def add_posttrain_commands(commands: Any) -> None:
     from quillgpt.posttrain.dpo import DPOConfig
 
     dpo = commands.add_parser("dpo", help="direct preference optimization on preference pairs")
-    dpo.add_argument("run_dir", help="the SFT run to start the policy (and the frozen reference) from")
-    dpo.add_argument("--overwrite", action="store_true")
-    dpo.add_argument("--no-progress", action="store_true")
+    _from_run(dpo, POLICY_RUN_HELP)
     add_dataclass_flags(dpo, DPOConfig, "dpo", "DPO config", frozenset())
     dpo.set_defaults(func=cmd_dpo)
