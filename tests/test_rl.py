@@ -92,6 +92,8 @@ def test_reward_model_learns_to_rank_and_round_trips(tmp_path: Path):
     assert tokenizer == run.tokenizer and model.head.weight.abs().sum() > 0
     with pytest.raises(ConfigError):
         RewardConfig(steps=0).validate()
+    with pytest.raises(ConfigError, match="cross_style is a share"):
+        RewardConfig(cross_style=1.5).validate()
 
 
 def test_the_likelihood_term_is_the_replys_log_probability_and_round_trips(tmp_path: Path):
@@ -127,7 +129,7 @@ def test_the_likelihood_term_is_the_replys_log_probability_and_round_trips(tmp_p
 
 def test_policy_pairs_are_the_models_own_wrong_answers(tmp_path: Path):
     from quillgpt.posttrain.reward import policy_pairs
-    from quillgpt.tasks.questions import questions, well_formed
+    from quillgpt.tasks.questions import questions, shows_work, well_formed
 
     run = tiny_chat_run(tmp_path)
     digits = [run.tokenizer.stoi[c] for c in "0123456789"]
@@ -139,8 +141,13 @@ def test_policy_pairs_are_the_models_own_wrong_answers(tmp_path: Path):
     pairs = policy_pairs(run.model, run.tokenizer, asked, samples=4)
     assert pairs
     answers = {q.text: q.answer for q in asked}
-    for pair in pairs:
+    for pair in pairs:  # the right answer in the wrong reply's shape: bare, as the model answers bare
         assert pair.chosen == answers[pair.prompt] and pair.rejected != pair.chosen and well_formed(pair.rejected)
+    crossed = policy_pairs(run.model, run.tokenizer, asked, samples=4, style="columns", cross=1.0)
+    assert [p.rejected for p in crossed] == [p.rejected for p in pairs]  # the same samples
+    by_text = {q.text: q for q in asked}
+    for pair in crossed:  # now the right answer shows its work: a worked reply is not only ever the loser
+        assert pair.chosen == by_text[pair.prompt].demonstration(True, "columns") and shows_work(pair.chosen)
 
 
 @pytest.mark.parametrize(("worked", "style"), [(0.0, "units"), (1.0, "units"), (1.0, "columns")])
@@ -159,6 +166,27 @@ def test_generated_pairs_show_their_work_in_both_replies_or_neither(worked: floa
         assert pair.chosen.startswith("units first") == pair.rejected.startswith("units first") == (
             worked == 1.0 and style == "units")
     assert all(final_answer(p.chosen) == answers[p.prompt] for p in held_out)
+
+
+@pytest.mark.parametrize("style", ["units", "columns"])
+def test_cross_style_pairs_compare_a_worked_reply_with_a_bare_one_both_ways(style: str):
+    import random
+
+    from quillgpt.posttrain.reward import arithmetic_pairs, fresh_pairs
+    from quillgpt.tasks.questions import final_answer, questions, shows_work, well_formed, work_style
+
+    answers = {q.text: q.answer for q in questions("+", 3, 100, 1, "test")}
+    pairs = arithmetic_pairs("+", 3, 100, 1, "test", 0.0, style, cross=1.0)
+    for pair in pairs + fresh_pairs(random.Random(0), "+", 3, 100, 0.0, style, cross=1.0):
+        assert shows_work(pair.chosen) != shows_work(pair.rejected)  # exactly one shows its work
+        assert work_style(pair.chosen) in (None, style) and work_style(pair.rejected) in (None, style)
+        assert well_formed(pair.rejected) and final_answer(pair.rejected) != final_answer(pair.chosen)
+    assert all(final_answer(p.chosen) == answers[p.prompt] for p in pairs)
+    worked_chosen = sum(shows_work(p.chosen) for p in pairs)
+    assert 25 < worked_chosen < 75  # either side may be the worked one
+    mixed = arithmetic_pairs("+", 3, 200, 1, "test", 0.5, style, cross=0.5)
+    crossed = sum(shows_work(p.chosen) != shows_work(p.rejected) for p in mixed)
+    assert 70 < crossed < 130
 
 
 def test_a_misread_column_addition_is_consistent_but_wrong():

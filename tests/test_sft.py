@@ -27,6 +27,7 @@ from quillgpt.tasks.questions import (
     questions,
     shows_work,
     well_formed,
+    work_style,
     wrong_answer,
 )
 from quillgpt.tokenizers import CharTokenizer
@@ -72,6 +73,8 @@ def test_column_addition_is_written_out_units_first_with_its_carries():
     assert Question(Problem(8, "-", 120), 0).demonstration(True, "columns") == "units first 211, so -112"  # + only
     reply = q.demonstration(True, "columns")
     assert well_formed(reply) and shows_work(reply) and final_answer(reply) == "1308" and exact_match(q, reply) == 1.0
+    assert (work_style(reply), work_style(q.worked_answer), work_style("1308"), work_style("3+5=8 1308")) == (
+        "columns", "units", None, None)
     assert exact_match(q, "3+5=8: 1309") == 0.0 and not well_formed("3+5=8 1308") and not well_formed("3+5=8:1308")
     data = ChatDataset(ChatConfig(chat_data="arithmetic", chat_ops="+", chat_val=50, chat_worked=1.0,
                                   chat_work_style="columns"))

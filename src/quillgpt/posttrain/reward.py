@@ -42,7 +42,9 @@ from quillgpt.tasks.questions import (
     misread_columns,
     questions,
     show_work,
+    shows_work,
     well_formed,
+    work_style,
     wrong_answer,
 )
 from quillgpt.tokenizers import Tokenizer
@@ -124,6 +126,7 @@ class RewardConfig:
     policy_pairs: int = 0  # arithmetic: questions whose wrong answers are the SFT model's own samples (half a batch)
     worked: float = 0.0  # arithmetic: share of pairs whose two replies both show their work (units first)
     work_style: str = "units"  # the worked replies: units ("units first 34, so 43") or columns (additions)
+    cross_style: float = 0.0  # share of pairs where one reply shows its work and the other does not
     likelihood: bool = False  # add the backbone's log-likelihood of the reply (learned scale) to the score
     seed: int = 0
     out_dir: str = ""
@@ -132,8 +135,9 @@ class RewardConfig:
         check_positive_fields(self, "digits", "val_pairs", "steps", "batch_size", "eval_interval")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.worked <= 1.0:
-            raise ConfigError(f"worked is a share of the pairs, in [0, 1], got {self.worked}")
+        for share in ("worked", "cross_style"):
+            if not 0.0 <= getattr(self, share) <= 1.0:
+                raise ConfigError(f"{share} is a share of the pairs, in [0, 1], got {getattr(self, share)}")
         if self.work_style not in WORK_STYLES:
             raise ConfigError(f"work_style must be one of {', '.join(WORK_STYLES)}, got {self.work_style!r}")
 
@@ -157,27 +161,41 @@ def read_pairs(path: str | Path) -> list[Pair]:
     return out
 
 
-def question_pair(q: Question, rng: random.Random, worked: float, style: str = "units") -> Pair:
-    """The right answer against a wrong one; with probability ``worked`` both show their work
-    (``columns``, for additions: the wrong one misreads an operand digit, ``misread_columns``)."""
+def wrong_reply(q: Question, rng: random.Random, wrong: str, worked: bool, style: str = "units") -> str:
+    """A wrong reply with the number ``wrong``, bare or with its work shown in ``style`` (a
+    ``columns`` addition misreads an operand digit instead, ``misread_columns``)."""
+    if not worked:
+        return wrong
+    if style == "columns" and q.problem.op == "+":
+        return misread_columns(q, rng)
+    return show_work(wrong)
+
+
+def question_pair(q: Question, rng: random.Random, worked: float, style: str = "units", cross: float = 0.0) -> Pair:
+    """The right answer against a wrong one; with probability ``worked`` both show their work.
+
+    With probability ``cross`` the two replies differ in shape instead (either one shows its work,
+    at random): a reward model that never compares a worked reply with a bare one has no reason to
+    score a right worked answer above a wrong bare one, and PPO then drops the work.
+    """
     wrong = wrong_answer(q, rng)
-    if rng.random() < worked:
-        if style == "columns" and q.problem.op == "+":
-            return Pair(q.text, q.demonstration(True, style), misread_columns(q, rng))
-        return Pair(q.text, q.worked_answer, show_work(wrong))
-    return Pair(q.text, q.answer, wrong)
+    if cross and rng.random() < cross:
+        chosen_worked = rng.random() < 0.5
+        return Pair(q.text, q.demonstration(chosen_worked, style), wrong_reply(q, rng, wrong, not chosen_worked, style))
+    worked_pair = rng.random() < worked
+    return Pair(q.text, q.demonstration(worked_pair, style), wrong_reply(q, rng, wrong, worked_pair, style))
 
 
 def arithmetic_pairs(ops: str, digits: int, count: int, seed: int, split: str, worked: float = 0.0,
-                     style: str = "units") -> list[Pair]:
+                     style: str = "units", cross: float = 0.0) -> list[Pair]:
     """``count`` pairs of distinct questions of ``split``: the right answer against a wrong one."""
     rng = random.Random(f"pairs:{seed}:{split}")
-    return [question_pair(q, rng, worked, style) for q in questions(ops, digits, count, seed, split)]
+    return [question_pair(q, rng, worked, style, cross) for q in questions(ops, digits, count, seed, split)]
 
 
 def fresh_pairs(rng: random.Random, ops: str, digits: int, count: int, worked: float = 0.0,
-                style: str = "units") -> list[Pair]:
-    return [question_pair(q, rng, worked, style) for q in fresh_questions(rng, ops, digits, count)]
+                style: str = "units", cross: float = 0.0) -> list[Pair]:
+    return [question_pair(q, rng, worked, style, cross) for q in fresh_questions(rng, ops, digits, count)]
 
 
 def split_pairs(config: RewardConfig) -> tuple[list[Pair] | None, list[Pair]]:
@@ -185,7 +203,7 @@ def split_pairs(config: RewardConfig) -> tuple[list[Pair] | None, list[Pair]]:
     if config.data == "arithmetic":
         try:
             return None, arithmetic_pairs(config.ops, config.digits, config.val_pairs, config.seed + 1, "test",
-                                          config.worked, config.work_style)
+                                          config.worked, config.work_style, config.cross_style)
         except ValueError as exc:
             raise ConfigError(f"{exc} (--val-pairs)") from None
     pairs = read_pairs(config.data)
@@ -196,24 +214,28 @@ def split_pairs(config: RewardConfig) -> tuple[list[Pair] | None, list[Pair]]:
 
 @torch.no_grad()
 def policy_pairs(model: nn.Module, tokenizer: Tokenizer, asked: list[Question], samples: int = 4,
-                 seed: int = 0) -> list[Pair]:
+                 seed: int = 0, style: str = "units", cross: float = 0.0) -> list[Pair]:
     """Pairs whose rejected reply is a wrong answer the model itself samples (temperature 1).
 
     A reward model trained only on made-up near misses can score the policy's own mistakes
     highly, and PPO then climbs those scores instead of correctness; comparisons of model
-    samples are also what InstructGPT's labelers ranked.
+    samples are also what InstructGPT's labelers ranked. The chosen reply is the right answer in
+    the wrong one's shape (bare, or worked in its style), or with probability ``cross`` in the
+    other shape (worked in ``style``), so that no shape is only ever the loser.
     """
     from quillgpt.posttrain.rollout import sample_replies
 
     prompts = [prompt_ids(tokenizer, q.messages()) for q in asked for _ in range(samples)]
     rollouts = sample_replies(model, prompts, 32, end_id(tokenizer), generator=torch.Generator().manual_seed(seed))
+    rng = random.Random(f"policy-pairs:{seed}")
     out, seen = [], set()
     for i, r in enumerate(rollouts):
         q = asked[i // samples]
         reply = tokenizer.decode(r.response[:-1]) if r.finished else ""
         if well_formed(reply) and not exact_match(q, reply) and (q, reply) not in seen:
             seen.add((q, reply))
-            out.append(Pair(q.text, q.answer, reply))
+            worked = shows_work(reply) != (cross > 0 and rng.random() < cross)
+            out.append(Pair(q.text, q.demonstration(worked, work_style(reply) or style), reply))
     return out
 
 
@@ -283,9 +305,11 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
     if config.policy_pairs and config.data == "arithmetic":  # sampled before the backbone starts to change
         own_train = policy_pairs(base.model, base.tokenizer,
                                  fresh_questions(random.Random(config.seed + 2), config.ops, config.digits,
-                                                 config.policy_pairs), seed=config.seed)
-        own_val = policy_pairs(base.model, base.tokenizer, [q for q in questions(
-            config.ops, config.digits, config.val_pairs, config.seed + 3, "test")], seed=config.seed + 1)
+                                                 config.policy_pairs), seed=config.seed, style=config.work_style,
+                                 cross=config.cross_style)
+        own_val = policy_pairs(base.model, base.tokenizer, questions(
+            config.ops, config.digits, config.val_pairs, config.seed + 3, "test"), seed=config.seed + 1,
+            style=config.work_style, cross=config.cross_style)
     torch.manual_seed(config.seed)
     model = RewardModel(base.model, likelihood=config.likelihood)
     model.train()
@@ -301,7 +325,8 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
     for step in bar:
         n_own = config.batch_size // 2 if own_train else 0
         n_new = config.batch_size - n_own
-        batch = (fresh_pairs(rng, config.ops, config.digits, n_new, config.worked, config.work_style)
+        batch = (fresh_pairs(rng, config.ops, config.digits, n_new, config.worked, config.work_style,
+                             config.cross_style)
                  if train_pairs is None
                  else [train_pairs[rng.randrange(len(train_pairs))] for _ in range(n_new)])
         batch += [own_train[rng.randrange(len(own_train))] for _ in range(n_own)]

@@ -152,6 +152,13 @@ def shows_work(reply: str) -> bool:
     return WORKED.fullmatch(reply) is not None
 
 
+def work_style(reply: str) -> str | None:
+    """The style a reply shows its work in (``units`` or ``columns``), or None for a bare answer."""
+    if not shows_work(reply):
+        return None
+    return "units" if reply.startswith(WORKED_LEAD) else "columns"
+
+
 def wrong_answer(question: Question, rng: random.Random) -> str:
     """A plausible wrong answer: a near miss (off by 1, 10 or 100; two digits swapped; a digit
     dropped or repeated; the sign flipped) or, one time in five, another number of similar size."""
