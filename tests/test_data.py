@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from quillgpt.corpora import CORPORA, find_corpus, read_text
 from quillgpt.data import (
     Batches,
     TokenDataset,
@@ -36,18 +35,6 @@ def test_shakespeare_prepares_to_65_characters(tmp_path: Path, shakespeare_path:
     text = shakespeare_path.read_text()
     assert ds.tokenizer.decode(ds.splits["train"][:14].tolist()) == text[:14]
     assert ds.tokenizer.decode(ds.splits["val"][:20].tolist()) == text[int(0.9 * n):int(0.9 * n) + 20]
-
-
-def test_named_corpus_with_wrong_sha_is_refused(tmp_path: Path) -> None:
-    fake = tmp_path / "input.txt"
-    fake.write_text("not shakespeare")
-    with pytest.raises(DataError, match="sha256"):
-        find_corpus("shakespeare", data_path=str(fake))
-
-
-def test_unknown_corpus(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="unknown corpus 'nope'"):
-        find_corpus("nope")
 
 
 def test_batches_shapes_and_shift() -> None:
@@ -86,24 +73,6 @@ def test_block_size_larger_than_data(tmp_path: Path) -> None:
 def _write(path: Path, text: str | bytes) -> Path:
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return path
-
-
-@pytest.mark.parametrize("content,match", [
-    (b"", "is empty"),
-    (b"  \n\n", "is empty"),
-    (b"caf\xe9 au lait", "not UTF-8 text.*0xe9 at offset 3"),
-    (b"ab\x00cd", "binary"),
-])
-def test_read_text_errors(tmp_path: Path, content: bytes, match: str) -> None:
-    with pytest.raises(DataError, match=match):
-        read_text(_write(tmp_path / "f.txt", content))
-
-
-def test_read_text_missing_and_directory(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="not found"):
-        read_text(tmp_path / "missing.txt")
-    with pytest.raises(DataError, match="is a directory"):
-        read_text(tmp_path)
 
 
 def test_resolve_dataset_reuses_a_prepared_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,26 +174,3 @@ def test_reusing_a_tokenizer(tmp_path: Path, small_text: str) -> None:
     assert not (tmp_path / "third").exists()  # refused before anything was written
     with pytest.raises(DataError, match="no tokenizer found"):
         load_tokenizer(tmp_path)
-
-
-def test_english_novels_is_registered_with_its_sha256(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    corpus = CORPORA["english-novels"]
-    assert corpus.filename == "novels95.txt.gz" and corpus.subdir == "english_novels"
-    try:
-        found = find_corpus("english-novels", download=False)
-    except DataError:
-        found = None  # not on this machine: the lookup itself is tested below
-    if found is not None:
-        assert found.name == "novels95.txt.gz"
-    import quillgpt.corpora as corpora
-
-    monkeypatch.setenv("QUILL_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(corpora, "_shared_data_dirs", lambda: [])
-    with pytest.raises(DataError, match=r"cannot be downloaded: put novels95.txt.gz .*english_novels/"):
-        find_corpus("english-novels")
-    fake = tmp_path / "english_novels" / "novels95.txt.gz"
-    fake.parent.mkdir()
-    fake.write_bytes(gzip.compress(b"not the novels\n"))
-    with pytest.raises(DataError, match="not the expected a7abe46a29cf"):
-        find_corpus("english-novels")
