@@ -14,9 +14,9 @@ import torch
 import uvicorn
 
 from quillgpt.cli import main
+from quillgpt.models.inspect import inspect
 from quillgpt.serve.app import ServeOptions, create_app
 from quillgpt.serve.cli import is_all_interfaces, load_serving_run
-from quillgpt.serve.inspect import inspect
 from serve_support import LiveServer, make_run
 
 CAP = 50_000  # large, so the disconnect tests can ask for more tokens than they will ever see
@@ -256,7 +256,7 @@ def test_inspect_weights_reproduce_each_head(chat_run: Path) -> None:
     run = load_serving_run(chat_run)
     model = run.model
     ids = run.tokenizer.encode("Good night sweet")
-    seen = inspect(model, ids)
+    seen = inspect(model, torch.tensor(ids))
     T = len(ids)
     assert seen.attention.shape == (2, 2, T, T)
     torch.testing.assert_close(seen.attention.sum(-1), torch.ones(2, 2, T))

@@ -10,6 +10,8 @@ hold the same per-head parameters (see models/attention.py), so this works for b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -29,13 +31,18 @@ def head_weights(head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
 
 
-@torch.no_grad()
-def attention_weights(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    """Attention weights of every layer and head of a GPT for the tokens ``idx`` (T,) or (1, T).
+@dataclass
+class Inspection:
+    """What a GPT does with one sequence of T tokens."""
 
-    Returns a (n_layer, n_head, T, T) tensor: entry [l, h, i, j] is how much position i
-    attends to position j in head h of layer l (zero for j > i; each row sums to 1).
-    """
+    attention: torch.Tensor  # (n_layer, n_head, T, T): [l, h, i, j] is how much i attends to j; rows sum to 1
+    probs: torch.Tensor  # (T, vocab): the next-token distribution after each position
+
+
+@torch.no_grad()
+def inspect(model: torch.nn.Module, idx: torch.Tensor) -> Inspection:
+    """Attention weights of every layer and head, and the next-token probabilities, for the tokens
+    ``idx`` (T,) or (1, T), in one pass through the blocks (in eval mode: no dropout)."""
     if not isinstance(model, GPT):
         raise ConfigError(f"{type(model).__name__} has no attention layers: give a GPT model (arch gpt)")
     if idx.dim() == 1:
@@ -46,7 +53,7 @@ def attention_weights(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor
     if not 1 <= T <= model.block_size:
         raise ConfigError(f"the text is {T} tokens: give 1 to {model.block_size} (the model's block_size)")
     was_training = model.training
-    model.eval()  # no dropout: the weights the model uses at inference
+    model.eval()  # the weights the model uses at inference
     try:
         x = model.token_embedding_table(idx) + model.position_embedding_table(torch.arange(T, device=idx.device))
         layers = []
@@ -54,6 +61,19 @@ def attention_weights(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor
             normed = block.ln1(x)  # each head sees the block's first LayerNorm output
             layers.append(torch.stack([head_weights(head, normed)[0] for head in block.sa.heads]))
             x = block(x)
+        logits = model.lm_head(model.ln_f(x))[0]
     finally:
         model.train(was_training)
-    return torch.stack(layers)  # (n_layer, n_head, T, T)
+    return Inspection(torch.stack(layers).float(), F.softmax(logits.float(), dim=-1))
+
+
+def attention_weights(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """(n_layer, n_head, T, T) attention weights of every layer and head (``inspect``): entry
+    [l, h, i, j] is how much position i attends to position j (zero for j > i; rows sum to 1)."""
+    return inspect(model, idx).attention
+
+
+def top_alternatives(probs: torch.Tensor, k: int) -> tuple[list[list[int]], list[list[float]]]:
+    """The k most likely next tokens after each position, with their probabilities."""
+    values, indices = torch.topk(probs, min(k, probs.size(-1)), dim=-1)
+    return indices.tolist(), values.tolist()

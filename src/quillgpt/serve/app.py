@@ -40,8 +40,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from quillgpt.chat import ROLES, Message, end_id, has_chat_format, prompt_ids
 from quillgpt.checkpoint import LoadedRun
 from quillgpt.errors import QuillError
+from quillgpt.models.inspect import inspect, top_alternatives
 from quillgpt.serve.batching import RowParams
-from quillgpt.serve.inspect import inspect, top_alternatives
 from quillgpt.serve.scheduler import QueueFullError, Scheduler, Sequence
 from quillgpt.tokenizers import StreamDecoder, Tokenizer
 
@@ -508,7 +508,7 @@ def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
 
         def work() -> dict[str, Any]:
             with scheduler.model_lock:
-                seen = inspect(model, ids)
+                seen = inspect(model, torch.tensor(ids, dtype=torch.long, device=model.lm_head.weight.device))
             top_ids, top_probs = top_alternatives(seen.probs, k)
             weights = seen.attention[layer, head]
             return {
