@@ -148,9 +148,10 @@ class RLRun:
         torch.manual_seed(config.seed)
         self.policy = policy_run.model
         self.reference = frozen_copy(self.policy)
-        self.reward = reward or (task_reward(self.tokenizer) if config.reward == "task:arithmetic" else
-                       model_reward(config.reward.removeprefix("model:"), self.tokenizer, config.unfinished_reward,
-                                    self.device))
+        self.exact_match = task_reward(self.tokenizer)  # logged as "correct" whatever the reward
+        self.reward = reward or (self.exact_match if config.reward == "task:arithmetic" else
+                                 model_reward(config.reward.removeprefix("model:"), self.tokenizer,
+                                              config.unfinished_reward, self.device))
         self.algorithm = make_algorithm(self.policy, self.reference, config)
         self.rng = random.Random(config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
@@ -185,7 +186,8 @@ class RLRun:
             batch = RolloutBatch.from_rollouts(rollouts, end_id(self.tokenizer), self.device)
             stats = self.algorithm.update(batch, scores.to(self.device))
             record = {"kind": "train", "step": step, "reward": float(scores.mean()),
-                      "correct": float(task_reward(self.tokenizer)(asked, rollouts).mean()),
+                      "correct": float((scores if self.reward is self.exact_match
+                                        else self.exact_match(asked, rollouts)).mean()),
                       "length": sum(len(r.response) for r in rollouts) / len(rollouts),
                       "seconds": time.perf_counter() - tic, **stats}
             self.log.append(record)
