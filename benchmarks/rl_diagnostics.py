@@ -6,8 +6,12 @@
 2. The algorithm works: GRPO on 8 fixed train questions, 20 steps; the reward on them rises.
 3. Styles: greedy accuracy on 500 held-out questions, the share of replies that show their work,
    and the accuracy when every reply is made to show its work (the reply starts "units first ").
+4. With --reward-model RM (instead of 1-3): how a reward model scores the policy's own samples,
+   the signal PPO climbs. Mean score by shape (bare or worked) and correctness, and how often it
+   ranks a right sample above a wrong one for the same question (all of them, and those of
+   different shapes).
 
-    python benchmarks/rl_diagnostics.py runs/posttrain/sft [--ops + --digits 2]
+    python benchmarks/rl_diagnostics.py runs/posttrain/sft [--ops + --digits 2] [--reward-model RM]
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import quillgpt.posttrain.rl as rl
 from quillgpt.chat import end_id, prompt_ids
 from quillgpt.posttrain.evaluate import ChatReport, answer_all
 from quillgpt.posttrain.grpo import GRPO
+from quillgpt.posttrain.reward import load_reward_model, score_replies
 from quillgpt.posttrain.rollout import sample_replies
 from quillgpt.pretrained import load_init
-from quillgpt.tasks.questions import WORKED_LEAD, exact_match, fresh_questions, questions, shows_work, well_formed
+from quillgpt.tasks.questions import WORKED_LEAD, exact_match, fresh_questions, questions, well_formed, work_style
 
 
 def headroom(run_dir: str, ops: str, digits: int, n: int = 100) -> None:
@@ -50,9 +55,7 @@ def headroom(run_dir: str, ops: str, digits: int, n: int = 100) -> None:
 
 
 def style_of(reply: str) -> str:
-    if not shows_work(reply):
-        return "bare" if well_formed(reply) else "malformed"
-    return "units" if reply.startswith(WORKED_LEAD) else "columns"
+    return work_style(reply) or ("bare" if well_formed(reply) else "malformed")
 
 
 def styles(run_dir: str, ops: str, digits: int) -> None:
@@ -80,6 +83,39 @@ def styles(run_dir: str, ops: str, digits: int) -> None:
     print(f"  made to show work units first: {100 * shown / len(asked):.1f}% right")
 
 
+@torch.no_grad()
+def reward_ranking(run_dir: str, rm_dir: str, ops: str, digits: int, n: int = 100, samples: int = 8) -> None:
+    run = load_init(run_dir)
+    model, tok = load_reward_model(rm_dir)
+    asked = questions(ops, digits, n, 1000, "test")
+    sampled = sample_replies(run.model, [prompt_ids(tok, q.messages()) for q in asked for _ in range(samples)], 32,
+                             end_id(tok), generator=torch.Generator().manual_seed(0))
+    replies = [tok.decode(r.response[:-1]) if r.finished else "" for r in sampled]
+    scores = torch.cat([score_replies(model, tok, [(asked[j // samples].text, replies[j]) for j in
+                                                   range(i, min(i + 256, len(replies)))])
+                        for i in range(0, len(replies), 256)]).tolist()
+    right = [bool(exact_match(asked[i // samples], r)) for i, r in enumerate(replies)]
+    groups: dict[str, list[float]] = {}
+    for reply, ok, score in zip(replies, right, scores, strict=True):
+        groups.setdefault(f"{'worked' if work_style(reply) else style_of(reply)} {'right' if ok else 'wrong'}",
+                          []).append(score)
+    print(f"{rm_dir} on {samples} samples of {n} held-out questions from {run_dir}:")
+    for name, values in sorted(groups.items()):
+        print(f"  {name:15} {len(values):4} samples, mean score {sum(values) / len(values):8.2f}")
+    ranked = {"all": [0, 0], "different shapes": [0, 0]}
+    for q in range(n):
+        group = range(q * samples, (q + 1) * samples)
+        for a in (i for i in group if right[i]):
+            for b in (i for i in group if not right[i]):
+                keys = ["all"] + (["different shapes"] if bool(work_style(replies[a])) != bool(work_style(replies[b]))
+                                  else [])
+                for key in keys:
+                    ranked[key][0] += scores[a] > scores[b]
+                    ranked[key][1] += 1
+    print("  a right sample scored above a wrong one for the same question: " + ", ".join(
+        f"{key} {100 * won / max(1, pairs):.1f}% of {pairs}" for key, (won, pairs) in ranked.items()))
+
+
 def fixed_prompts(run_dir: str, ops: str, digits: int, out_dir: str) -> None:
     fixed = fresh_questions(random.Random(7), ops, digits, 8)
     rl.fresh_questions = lambda rng, o, d, count: fixed[:count]  # the same 8 questions every step
@@ -98,7 +134,11 @@ if __name__ == "__main__":
     parser.add_argument("--digits", type=int, default=2)
     parser.add_argument("--questions", type=int, default=100, help="held-out and train questions for the headroom")
     parser.add_argument("--out-dir", default="/tmp/rl-diagnostics")
+    parser.add_argument("--reward-model", help="only measure how this reward model ranks the run's own samples")
     args = parser.parse_args()
+    if args.reward_model:
+        reward_ranking(args.run_dir, args.reward_model, args.ops, args.digits, args.questions)
+        raise SystemExit(0)
     styles(args.run_dir, args.ops, args.digits)
     headroom(args.run_dir, args.ops, args.digits, args.questions)
     fixed_prompts(args.run_dir, args.ops, args.digits, args.out_dir)
