@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 QUILL="${QUILL:-.venv/bin/quill}"
 RUNS=runs/posttrain
 OUT=benchmarks/results/posttrain
-STAGES="${STAGES:-sft3d sftw rm grpo ppo columns eval}"
+STAGES="${STAGES:-sft3d sftw rm grpo ppo columns cross eval}"
 TASK=(--ops + --digits 3)
 SFT=(--chat-ops + --chat-digits 3 --lr 1e-3 --warmup-iters 20 --batch-size 64 --eval-interval 250 --overwrite --no-progress)
 mkdir -p "$OUT"
@@ -46,8 +46,16 @@ if stage columns; then  # column addition written out: "3+5=8 4+6=10 9+3+1=13: 1
     --prompts-per-step 32 --samples-per-prompt 4 --center-scores --kl-coef 0.3 --kl-target 2.0 --eval-interval 10 \
     --out-dir "$RUNS/ppo-columns" --overwrite --no-progress                                  # stopped at 41: 60.8%
 fi
+if stage cross; then  # the reward model also compares worked replies with bare ones: PPO keeps (and spreads) the work
+  "$QUILL" reward train "$RUNS/sftc1" "${TASK[@]}" --worked 0.5 --work-style columns --cross-style 0.3 --likelihood \
+    --policy-pairs 2000 --lr 2e-4 --val-pairs 500 --steps 400 --eval-interval 100 --out-dir "$RUNS/rm-cross" \
+    --overwrite --no-progress                                                                # 96.4%
+  "$QUILL" rl ppo "$RUNS/sftc1" --reward "model:$RUNS/rm-cross" "${TASK[@]}" --steps 60 --warmup 5 \
+    --prompts-per-step 32 --samples-per-prompt 4 --center-scores --kl-coef 0.3 --kl-target 2.0 --eval-interval 10 \
+    --out-dir "$RUNS/ppo-cross" --overwrite --no-progress                                    # 82.2%
+fi
 if stage eval; then
-  for run in sft3d-2 sftw2 sftw3 grpo3 ppo3 sftc1 grpo-columns ppo-columns; do
+  for run in sft3d-2 sftw2 sftw3 grpo3 ppo3 sftc1 grpo-columns ppo-columns ppo-cross; do
     [ -d "$RUNS/$run" ] || continue
     "$QUILL" task eval "$RUNS/$run" --n 500 --eval-seed 1000 | tee "$OUT/s14-$run-eval.txt"
   done

@@ -154,13 +154,14 @@ def test_policy_pairs_are_the_models_own_wrong_answers(tmp_path: Path):
 def test_generated_pairs_show_their_work_in_both_replies_or_neither(worked: float, style: str):
     import random
 
-    from quillgpt.posttrain.reward import arithmetic_pairs, fresh_pairs
+    from quillgpt.posttrain.reward import Shapes, arithmetic_pairs, fresh_pairs
     from quillgpt.tasks.questions import final_answer, questions, shows_work, well_formed
 
     answers = {q.text: q.answer for q in questions("+", 3, 50, 1, "test")}
-    held_out = arithmetic_pairs("+", 3, 50, 1, "test", worked, style)
-    assert held_out == arithmetic_pairs("+", 3, 50, 1, "test", worked, style)  # the same held-out pairs every run
-    for pair in held_out + fresh_pairs(random.Random(0), "+", 3, 50, worked, style):
+    shapes = Shapes(worked, style)
+    held_out = arithmetic_pairs("+", 3, 50, 1, "test", shapes)
+    assert held_out == arithmetic_pairs("+", 3, 50, 1, "test", shapes)  # the same held-out pairs every run
+    for pair in held_out + fresh_pairs(random.Random(0), "+", 3, 50, shapes):
         assert shows_work(pair.chosen) == shows_work(pair.rejected) == (worked == 1.0)
         assert well_formed(pair.rejected) and final_answer(pair.rejected) != final_answer(pair.chosen)
         assert pair.chosen.startswith("units first") == pair.rejected.startswith("units first") == (
@@ -172,21 +173,53 @@ def test_generated_pairs_show_their_work_in_both_replies_or_neither(worked: floa
 def test_cross_style_pairs_compare_a_worked_reply_with_a_bare_one_both_ways(style: str):
     import random
 
-    from quillgpt.posttrain.reward import arithmetic_pairs, fresh_pairs
+    from quillgpt.posttrain.reward import Shapes, arithmetic_pairs, fresh_pairs
     from quillgpt.tasks.questions import final_answer, questions, shows_work, well_formed, work_style
 
     answers = {q.text: q.answer for q in questions("+", 3, 100, 1, "test")}
-    pairs = arithmetic_pairs("+", 3, 100, 1, "test", 0.0, style, cross=1.0)
-    for pair in pairs + fresh_pairs(random.Random(0), "+", 3, 100, 0.0, style, cross=1.0):
+    pairs = arithmetic_pairs("+", 3, 100, 1, "test", Shapes(style=style, cross=1.0))
+    for pair in pairs + fresh_pairs(random.Random(0), "+", 3, 100, Shapes(style=style, cross=1.0)):
         assert shows_work(pair.chosen) != shows_work(pair.rejected)  # exactly one shows its work
         assert work_style(pair.chosen) in (None, style) and work_style(pair.rejected) in (None, style)
         assert well_formed(pair.rejected) and final_answer(pair.rejected) != final_answer(pair.chosen)
     assert all(final_answer(p.chosen) == answers[p.prompt] for p in pairs)
     worked_chosen = sum(shows_work(p.chosen) for p in pairs)
     assert 25 < worked_chosen < 75  # either side may be the worked one
-    mixed = arithmetic_pairs("+", 3, 200, 1, "test", 0.5, style, cross=0.5)
+    mixed = arithmetic_pairs("+", 3, 200, 1, "test", Shapes(0.5, style, cross=0.5))
     crossed = sum(shows_work(p.chosen) != shows_work(p.rejected) for p in mixed)
     assert 70 < crossed < 130
+
+
+def test_a_slipped_column_addition_reads_the_operands_right_and_ends_wrong():
+    import random
+
+    from quillgpt.posttrain.reward import Shapes, arithmetic_pairs
+    from quillgpt.tasks.questions import WORKED, final_answer, questions, show_columns, slipped_columns
+
+    rng = random.Random(0)
+    kinds = {"column": 0, "final": 0}
+    for q in questions("+", 3, 200, 2, "test"):
+        wrong = slipped_columns(q, rng)
+        steps, total = wrong.split(": ")
+        right_steps = show_columns(q.problem.a, q.problem.b).split(": ")[0]
+        assert WORKED.fullmatch(wrong) and final_answer(wrong) != q.answer
+        assert [s.split("=")[0] for s in steps.split()] == [s.split("=")[0] for s in right_steps.split()]  # read right
+        if steps == right_steps:
+            kinds["final"] += 1  # every column right, the final number not theirs
+        else:
+            slipped = [(a, b) for a, b in zip(steps.split(), right_steps.split(), strict=True) if a != b]
+            (mine, theirs), = slipped  # one column, one off
+            place = steps.split().index(mine)
+            delta = int(mine.split("=")[1]) - int(theirs.split("=")[1])
+            assert abs(delta) == 1 and int(total) == int(q.answer) + delta * 10 ** place  # the final follows it
+            kinds["column"] += 1
+    assert min(kinds.values()) > 50
+    def columns_read(reply: str) -> list[str]:
+        return [step.split("=")[0].removesuffix("+1") for step in reply.split(": ")[0].split()]
+
+    pairs = arithmetic_pairs("+", 3, 200, 1, "test", Shapes(1.0, "columns", slips=0.5))
+    read_right = sum(columns_read(p.rejected) == columns_read(p.chosen) for p in pairs)
+    assert 70 < read_right < 130  # half slip, half misread an operand digit
 
 
 def test_a_misread_column_addition_is_consistent_but_wrong():

@@ -43,6 +43,7 @@ from quillgpt.tasks.questions import (
     questions,
     show_work,
     shows_work,
+    slipped_columns,
     well_formed,
     work_style,
     wrong_answer,
@@ -127,15 +128,20 @@ class RewardConfig:
     worked: float = 0.0  # arithmetic: share of pairs whose two replies both show their work (units first)
     work_style: str = "units"  # the worked replies: units ("units first 34, so 43") or columns (additions)
     cross_style: float = 0.0  # share of pairs where one reply shows its work and the other does not
+    slips: float = 0.0  # columns: share of wrong worked replies that slip in a column sum or the final number
     likelihood: bool = False  # add the backbone's log-likelihood of the reply (learned scale) to the score
     seed: int = 0
     out_dir: str = ""
+
+    @property
+    def shapes(self) -> Shapes:
+        return Shapes(self.worked, self.work_style, self.cross_style, self.slips)
 
     def validate(self) -> None:
         check_positive_fields(self, "digits", "val_pairs", "steps", "batch_size", "eval_interval")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        for share in ("worked", "cross_style"):
+        for share in ("worked", "cross_style", "slips"):
             if not 0.0 <= getattr(self, share) <= 1.0:
                 raise ConfigError(f"{share} is a share of the pairs, in [0, 1], got {getattr(self, share)}")
         if self.work_style not in WORK_STYLES:
@@ -161,41 +167,54 @@ def read_pairs(path: str | Path) -> list[Pair]:
     return out
 
 
-def wrong_reply(q: Question, rng: random.Random, wrong: str, worked: bool, style: str = "units") -> str:
-    """A wrong reply with the number ``wrong``, bare or with its work shown in ``style`` (a
-    ``columns`` addition misreads an operand digit instead, ``misread_columns``)."""
+@dataclass(frozen=True)
+class Shapes:
+    """How generated pairs show their work (shares of pairs, or of worked wrong replies)."""
+
+    worked: float = 0.0  # both replies show their work
+    style: str = "units"  # how: units ("units first 34, so 43") or columns (additions written out)
+    cross: float = 0.0  # one reply shows its work and the other does not, either way round
+    slips: float = 0.0  # columns: a wrong worked reply slips a column or the final number instead of misreading
+
+
+def wrong_reply(q: Question, rng: random.Random, wrong: str, worked: bool, shapes: Shapes) -> str:
+    """A wrong reply with the number ``wrong``, bare or with its work shown. A ``columns`` addition
+    goes wrong as a model's does instead: it misreads an operand digit (``misread_columns``) or,
+    for a share ``slips``, slips in one column or in the final number (``slipped_columns``)."""
     if not worked:
         return wrong
-    if style == "columns" and q.problem.op == "+":
+    if shapes.style == "columns" and q.problem.op == "+":
+        if shapes.slips and rng.random() < shapes.slips:
+            return slipped_columns(q, rng)
         return misread_columns(q, rng)
     return show_work(wrong)
 
 
-def question_pair(q: Question, rng: random.Random, worked: float, style: str = "units", cross: float = 0.0) -> Pair:
-    """The right answer against a wrong one; with probability ``worked`` both show their work.
+def question_pair(q: Question, rng: random.Random, shapes: Shapes) -> Pair:
+    """The right answer against a wrong one; with probability ``shapes.worked`` both show their work.
 
-    With probability ``cross`` the two replies differ in shape instead (either one shows its work,
-    at random): a reward model that never compares a worked reply with a bare one has no reason to
-    score a right worked answer above a wrong bare one, and PPO then drops the work.
+    With probability ``shapes.cross`` the two replies differ in shape instead (either one shows its
+    work, at random): a reward model that never compares a worked reply with a bare one has no
+    reason to score a right worked answer above a wrong bare one, and PPO then drops the work.
     """
     wrong = wrong_answer(q, rng)
-    if cross and rng.random() < cross:
+    if shapes.cross and rng.random() < shapes.cross:
         chosen_worked = rng.random() < 0.5
-        return Pair(q.text, q.demonstration(chosen_worked, style), wrong_reply(q, rng, wrong, not chosen_worked, style))
-    worked_pair = rng.random() < worked
-    return Pair(q.text, q.demonstration(worked_pair, style), wrong_reply(q, rng, wrong, worked_pair, style))
+        return Pair(q.text, q.demonstration(chosen_worked, shapes.style),
+                    wrong_reply(q, rng, wrong, not chosen_worked, shapes))
+    worked = rng.random() < shapes.worked
+    return Pair(q.text, q.demonstration(worked, shapes.style), wrong_reply(q, rng, wrong, worked, shapes))
 
 
-def arithmetic_pairs(ops: str, digits: int, count: int, seed: int, split: str, worked: float = 0.0,
-                     style: str = "units", cross: float = 0.0) -> list[Pair]:
+def arithmetic_pairs(ops: str, digits: int, count: int, seed: int, split: str,
+                     shapes: Shapes = Shapes()) -> list[Pair]:
     """``count`` pairs of distinct questions of ``split``: the right answer against a wrong one."""
     rng = random.Random(f"pairs:{seed}:{split}")
-    return [question_pair(q, rng, worked, style, cross) for q in questions(ops, digits, count, seed, split)]
+    return [question_pair(q, rng, shapes) for q in questions(ops, digits, count, seed, split)]
 
 
-def fresh_pairs(rng: random.Random, ops: str, digits: int, count: int, worked: float = 0.0,
-                style: str = "units", cross: float = 0.0) -> list[Pair]:
-    return [question_pair(q, rng, worked, style, cross) for q in fresh_questions(rng, ops, digits, count)]
+def fresh_pairs(rng: random.Random, ops: str, digits: int, count: int, shapes: Shapes = Shapes()) -> list[Pair]:
+    return [question_pair(q, rng, shapes) for q in fresh_questions(rng, ops, digits, count)]
 
 
 def split_pairs(config: RewardConfig) -> tuple[list[Pair] | None, list[Pair]]:
@@ -203,7 +222,7 @@ def split_pairs(config: RewardConfig) -> tuple[list[Pair] | None, list[Pair]]:
     if config.data == "arithmetic":
         try:
             return None, arithmetic_pairs(config.ops, config.digits, config.val_pairs, config.seed + 1, "test",
-                                          config.worked, config.work_style, config.cross_style)
+                                          config.shapes)
         except ValueError as exc:
             raise ConfigError(f"{exc} (--val-pairs)") from None
     pairs = read_pairs(config.data)
@@ -325,8 +344,7 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
     for step in bar:
         n_own = config.batch_size // 2 if own_train else 0
         n_new = config.batch_size - n_own
-        batch = (fresh_pairs(rng, config.ops, config.digits, n_new, config.worked, config.work_style,
-                             config.cross_style)
+        batch = (fresh_pairs(rng, config.ops, config.digits, n_new, config.shapes)
                  if train_pairs is None
                  else [train_pairs[rng.randrange(len(train_pairs))] for _ in range(n_new)])
         batch += [own_train[rng.randrange(len(own_train))] for _ in range(n_own)]

@@ -132,6 +132,22 @@ def misread_columns(question: Question, rng: random.Random) -> str:
     return show_columns(question.problem.a, question.problem.b + 1)
 
 
+def slipped_columns(question: Question, rng: random.Random) -> str:
+    """A wrong worked addition of the other kinds a sampling model makes: the operands read right,
+    but one column's sum written one off (the final number follows it: off by 1, 10 or 100), or
+    every column right and the final number not the one they add up to."""
+    steps, total = show_columns(question.problem.a, question.problem.b).split(": ")
+    if rng.random() < 0.5:
+        return f"{steps}: {wrong_answer(question, rng)}"
+    columns = steps.split(" ")
+    place = rng.randrange(len(columns))
+    added, written = columns[place].split("=")
+    units = int(written) % 10  # slip within the column's units so its carry stays as it was
+    delta = 1 if units == 0 else -1 if units == 9 else rng.choice((-1, 1))
+    columns[place] = f"{added}={int(written) + delta}"
+    return f"{' '.join(columns)}: {int(total) + delta * 10 ** place}"
+
+
 def well_formed(reply: str) -> bool:
     """The answer format: a number (an optional minus sign and digits), alone or after its work."""
     return ANSWER.fullmatch(reply) is not None or WORKED.fullmatch(reply) is not None
