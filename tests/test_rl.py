@@ -203,6 +203,7 @@ def test_a_slipped_column_addition_reads_the_operands_right_and_ends_wrong():
         steps, total = wrong.split(": ")
         right_steps = show_columns(q.problem.a, q.problem.b).split(": ")[0]
         assert WORKED.fullmatch(wrong) and final_answer(wrong) != q.answer
+        assert len(wrong) <= len(show_columns(q.problem.a, q.problem.b))  # fits wherever the right one does
         assert [s.split("=")[0] for s in steps.split()] == [s.split("=")[0] for s in right_steps.split()]  # read right
         if steps == right_steps:
             kinds["final"] += 1  # every column right, the final number not theirs

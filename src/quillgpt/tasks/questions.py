@@ -138,7 +138,10 @@ def slipped_columns(question: Question, rng: random.Random) -> str:
     every column right and the final number not the one they add up to."""
     steps, total = show_columns(question.problem.a, question.problem.b).split(": ")
     if rng.random() < 0.5:
-        return f"{steps}: {wrong_answer(question, rng)}"
+        for _ in range(100):
+            wrong = wrong_answer(question, rng)
+            if len(wrong) <= len(total):  # no longer than the right reply: it still fits the context
+                return f"{steps}: {wrong}"
     columns = steps.split(" ")
     place = rng.randrange(len(columns))
     added, written = columns[place].split("=")
