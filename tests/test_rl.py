@@ -215,6 +215,7 @@ def test_a_slipped_column_addition_reads_the_operands_right_and_ends_wrong():
             assert abs(delta) == 1 and int(total) == int(q.answer) + delta * 10 ** place  # the final follows it
             kinds["column"] += 1
     assert min(kinds.values()) > 50
+
     def columns_read(reply: str) -> list[str]:
         return [step.split("=")[0].removesuffix("+1") for step in reply.split(": ")[0].split()]
 
@@ -236,6 +237,19 @@ def test_a_misread_column_addition_is_consistent_but_wrong():
         y = int("".join(step[2] for step in steps.split())[::-1])
         assert WORKED.fullmatch(wrong) and int(total) == x + y != int(q.answer)
         assert sorted([abs(x - q.problem.a), abs(y - q.problem.b)])[0] == 0  # one operand misread, not both
+
+
+@pytest.mark.parametrize(("decay", "factors"), [(False, [0.5, 1.0, 1.0, 1.0]), (True, [0.5, 0.75, 0.5, 0.25])])
+def test_rl_learning_rate_warms_up_then_stays_or_decays_to_zero(decay: bool, factors: list[float]):
+    from quillgpt.posttrain.rl import RLConfig, optimizer_for
+
+    optimizer, schedule = optimizer_for(torch.nn.Linear(2, 1), RLConfig(lr=2.0, warmup=2, steps=4, lr_decay=decay))
+    seen = []
+    for _ in range(4):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert seen == pytest.approx([2.0 * f for f in factors])
 
 
 def test_rl_config_errors_are_one_line():

@@ -42,7 +42,7 @@ class GRPO:
 
     def __init__(self, policy: nn.Module, reference: nn.Module, config: RLConfig) -> None:
         self.policy, self.reference, self.config = policy, reference, config
-        self.optimizer, self.schedule = optimizer_for(policy, config.lr, config.warmup)
+        self.optimizer, self.schedule = optimizer_for(policy, config)
         self.kl = AdaptiveKL(config.kl_coef, config.kl_target, config.kl_horizon)
         self.generator = torch.Generator().manual_seed(config.seed)
 

@@ -46,7 +46,7 @@ class PPO:
     def __init__(self, policy: nn.Module, reference: nn.Module, config: RLConfig) -> None:
         self.policy, self.reference, self.config = policy, reference, config
         self.value = value_model_for(policy, config)
-        self.optimizer, self.schedule = optimizer_for(policy, config.lr, config.warmup)
+        self.optimizer, self.schedule = optimizer_for(policy, config)
         self.value_optimizer = torch.optim.AdamW(self.value.parameters(), lr=config.value_lr, weight_decay=0.0)
         self.kl = AdaptiveKL(config.kl_coef, config.kl_target, config.kl_horizon)
         self.generator = torch.Generator().manual_seed(config.seed)

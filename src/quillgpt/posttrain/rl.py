@@ -53,6 +53,7 @@ class RLConfig:
     top_k: int = 0  # 0: the full distribution (what the policy gradient assumes)
     lr: float = 3e-5
     warmup: int = 10  # steps of linear learning-rate warmup (Adam's first steps are sign-sized: keep them small)
+    lr_decay: bool = False  # decay the learning rate linearly to zero by the last step (PPO's usual annealing)
     epochs: int = 1  # passes over each batch of rollouts
     minibatches: int = 1  # optimizer steps per pass
     clip: float = 0.2  # PPO ratio clip (both algorithms)
@@ -122,11 +123,16 @@ def model_reward(path: str, tokenizer: Tokenizer, unfinished: float, device: tor
     return score
 
 
-def optimizer_for(model: nn.Module, lr: float, warmup: int) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW with a linear warmup over ``warmup`` RL steps (the scheduler steps once per RL step)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)))
-    return optimizer, schedule
+def optimizer_for(model: nn.Module, config: RLConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW with a linear warmup over ``config.warmup`` RL steps and, with ``config.lr_decay``, a
+    linear decay to zero by the last step (the scheduler steps once per RL step)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0, betas=(0.9, 0.95))
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, config.warmup))
+        return warm * (1.0 - step / config.steps if config.lr_decay else 1.0)
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
