@@ -217,7 +217,8 @@ class RLRun:
     def save(self, summary: dict[str, Any]) -> None:
         save_policy(self.run_dir, self.run, self.policy, "rl.json",
                     {"config": dataclasses.asdict(self.config), "summary": summary}, f"rl:{self.config.reward}")
-        plot_rl(self.log.read(), self.run_dir / "rl.png", f"{self.algorithm.name} from {self.run.run_dir.name}")
+        plot_rl(self.log.read(), self.run_dir / "rl.png", f"{self.algorithm.name} from {self.run.run_dir.name}",
+                self.config.kl_target)
 
 
 def save_policy(run_dir: Path, base: LoadedRun, policy: nn.Module, info_name: str, info: dict[str, Any],
@@ -248,8 +249,8 @@ def _mean_last(records: list[dict[str, Any]], key: str, n: int = 10) -> float:
     return sum(values) / max(1, len(values))
 
 
-def plot_rl(records: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Reward, KL, entropy and reply length per step, and held-out accuracy, in one PNG."""
+def plot_rl(records: list[dict[str, Any]], path: Path, title: str, kl_target: float = 0.0) -> None:
+    """Reward, KL (and its target, if any), entropy and reply length per step, and held-out accuracy, in one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,6 +266,9 @@ def plot_rl(records: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    if kl_target > 0:
+        axes[1].axhline(kl_target, color="tab:red", linestyle="--", linewidth=1, label=f"target {kl_target:g}")
+        axes[1].legend(fontsize=8)
     axes[-1].plot([r["step"] for r in evals], [100 * r["accuracy"] for r in evals], "o-", color="tab:green")
     axes[-1].set_title("held-out exact match (%)", fontsize=9)
     axes[-1].set_xlabel("step")
