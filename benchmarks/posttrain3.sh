@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 8, second session: the 3-digit chain, continuing from benchmarks/posttrain.sh's 2-digit SFT run.
+# Issue 8, second and third sessions: the 3-digit chain, continuing from benchmarks/posttrain.sh's 2-digit SFT run.
 #   SFT on 3-digit questions (two legs) -> SFT with worked answers (three legs) -> reward models -> GRPO / PPO,
+# then column addition written out (stage columns) and a reward model that compares shapes (stage cross),
 # each model judged on the same 500 held-out questions (test split, eval seed 1000, greedy).
 #   benchmarks/posttrain3.sh            (needs runs/posttrain/sft from `STAGES="base sft" benchmarks/posttrain.sh`)
 # STAGES="..." runs a subset. The figures in benchmarks/RESULTS.md ("Later session") came from these commands
@@ -50,9 +51,9 @@ if stage cross; then  # the reward model also compares worked replies with bare 
   "$QUILL" reward train "$RUNS/sftc1" "${TASK[@]}" --worked 0.5 --work-style columns --cross-style 0.3 --likelihood \
     --policy-pairs 2000 --lr 2e-4 --val-pairs 500 --steps 400 --eval-interval 100 --out-dir "$RUNS/rm-cross" \
     --overwrite --no-progress                                                                # 96.4%
-  "$QUILL" rl ppo "$RUNS/sftc1" --reward "model:$RUNS/rm-cross" "${TASK[@]}" --steps 60 --warmup 5 \
+  "$QUILL" rl ppo "$RUNS/sftc1" --reward "model:$RUNS/rm-cross" "${TASK[@]}" --steps 60 --warmup 5 --lr-decay \
     --prompts-per-step 32 --samples-per-prompt 4 --center-scores --kl-coef 0.3 --kl-target 2.0 --eval-interval 10 \
-    --out-dir "$RUNS/ppo-cross" --overwrite --no-progress                                    # 82.2%
+    --out-dir "$RUNS/ppo-cross" --overwrite --no-progress                                    # 85.4%, KL 1.57
 fi
 if stage eval; then
   for run in sft3d-2 sftw2 sftw3 grpo3 ppo3 sftc1 grpo-columns ppo-columns ppo-cross; do

@@ -128,7 +128,7 @@ def test_the_likelihood_term_is_the_replys_log_probability_and_round_trips(tmp_p
 
 
 def test_policy_pairs_are_the_models_own_wrong_answers(tmp_path: Path):
-    from quillgpt.posttrain.reward import policy_pairs
+    from quillgpt.posttrain.reward import Shapes, policy_pairs
     from quillgpt.tasks.questions import questions, shows_work, well_formed
 
     run = tiny_chat_run(tmp_path)
@@ -143,7 +143,7 @@ def test_policy_pairs_are_the_models_own_wrong_answers(tmp_path: Path):
     answers = {q.text: q.answer for q in asked}
     for pair in pairs:  # the right answer in the wrong reply's shape: bare, as the model answers bare
         assert pair.chosen == answers[pair.prompt] and pair.rejected != pair.chosen and well_formed(pair.rejected)
-    crossed = policy_pairs(run.model, run.tokenizer, asked, samples=4, style="columns", cross=1.0)
+    crossed = policy_pairs(run.model, run.tokenizer, asked, samples=4, shapes=Shapes(style="columns", cross=1.0))
     assert [p.rejected for p in crossed] == [p.rejected for p in pairs]  # the same samples
     by_text = {q.text: q for q in asked}
     for pair in crossed:  # now the right answer shows its work: a worked reply is not only ever the loser

@@ -233,14 +233,14 @@ def split_pairs(config: RewardConfig) -> tuple[list[Pair] | None, list[Pair]]:
 
 @torch.no_grad()
 def policy_pairs(model: nn.Module, tokenizer: Tokenizer, asked: list[Question], samples: int = 4,
-                 seed: int = 0, style: str = "units", cross: float = 0.0) -> list[Pair]:
+                 seed: int = 0, shapes: Shapes = Shapes()) -> list[Pair]:
     """Pairs whose rejected reply is a wrong answer the model itself samples (temperature 1).
 
     A reward model trained only on made-up near misses can score the policy's own mistakes
     highly, and PPO then climbs those scores instead of correctness; comparisons of model
     samples are also what InstructGPT's labelers ranked. The chosen reply is the right answer in
-    the wrong one's shape (bare, or worked in its style), or with probability ``cross`` in the
-    other shape (worked in ``style``), so that no shape is only ever the loser.
+    the wrong one's shape (bare, or worked in its style), or with probability ``shapes.cross`` in
+    the other shape (worked in ``shapes.style``), so that no shape is only ever the loser.
     """
     from quillgpt.posttrain.rollout import sample_replies
 
@@ -253,8 +253,8 @@ def policy_pairs(model: nn.Module, tokenizer: Tokenizer, asked: list[Question], 
         reply = tokenizer.decode(r.response[:-1]) if r.finished else ""
         if well_formed(reply) and not exact_match(q, reply) and (q, reply) not in seen:
             seen.add((q, reply))
-            worked = shows_work(reply) != (cross > 0 and rng.random() < cross)
-            out.append(Pair(q.text, q.demonstration(worked, work_style(reply) or style), reply))
+            worked = shows_work(reply) != (shapes.cross > 0 and rng.random() < shapes.cross)
+            out.append(Pair(q.text, q.demonstration(worked, work_style(reply) or shapes.style), reply))
     return out
 
 
@@ -324,11 +324,10 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
     if config.policy_pairs and config.data == "arithmetic":  # sampled before the backbone starts to change
         own_train = policy_pairs(base.model, base.tokenizer,
                                  fresh_questions(random.Random(config.seed + 2), config.ops, config.digits,
-                                                 config.policy_pairs), seed=config.seed, style=config.work_style,
-                                 cross=config.cross_style)
+                                                 config.policy_pairs), seed=config.seed, shapes=config.shapes)
         own_val = policy_pairs(base.model, base.tokenizer, questions(
             config.ops, config.digits, config.val_pairs, config.seed + 3, "test"), seed=config.seed + 1,
-            style=config.work_style, cross=config.cross_style)
+            shapes=config.shapes)
     torch.manual_seed(config.seed)
     model = RewardModel(base.model, likelihood=config.likelihood)
     model.train()
