@@ -280,6 +280,8 @@ def test_reward_and_rl_commands(tmp_path: Path, capsys):
     assert main(["dpo", str(sft), "--digits", "2", "--steps", "2", "--batch-size", "4", "--val-pairs", "10",
                  "--eval-questions", "5", "--out-dir", str(tmp_path / "dpo"), "--no-progress"]) == 0
     assert "KL to the reference" in capsys.readouterr().out
+    assert main(["dpo", str(sft), "--cross-style", "2", "--out-dir", str(tmp_path / "dpo2")]) == 2  # the pair options
+    assert "cross_style is a share" in capsys.readouterr().err  # are the reward model's, checked the same way
     assert load_run(tmp_path / "dpo").step == 2
     assert main(["task", "eval", str(tmp_path / "grpo"), "--n", "5", "--json"]) == 0
     assert '"format"' in capsys.readouterr().out

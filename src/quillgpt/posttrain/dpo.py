@@ -26,7 +26,7 @@ from quillgpt.errors import ConfigError
 from quillgpt.metrics import MetricsLog
 from quillgpt.posttrain.evaluate import ChatReport, answer_all
 from quillgpt.posttrain.objectives import dpo_loss
-from quillgpt.posttrain.reward import Pair, RewardConfig, fresh_pairs, split_pairs
+from quillgpt.posttrain.reward import Pair, PairsConfig, fresh_pairs, split_pairs
 from quillgpt.posttrain.rl import frozen_copy, measure_kl, plot_rl, save_policy
 from quillgpt.posttrain.rollout import token_logprobs
 from quillgpt.tasks.questions import questions
@@ -34,12 +34,9 @@ from quillgpt.tokenizers import Tokenizer
 
 
 @dataclass
-class DPOConfig:
-    """``quill dpo``: every field is a flag."""
+class DPOConfig(PairsConfig):
+    """``quill dpo``: every field is a flag (the pairs' fields are the reward model's)."""
 
-    data: str = "arithmetic"  # a JSONL file of {"prompt", "chosen", "rejected"}, or arithmetic
-    ops: str = "+-"
-    digits: int = 3
     val_pairs: int = 500
     steps: int = 300
     batch_size: int = 64  # pairs per step
@@ -48,11 +45,11 @@ class DPOConfig:
     eval_interval: int = 50
     eval_questions: int = 500
     eval_seed: int = 1000
-    seed: int = 0
     out_dir: str = ""
 
     def validate(self) -> None:
-        check_positive_fields(self, "digits", "val_pairs", "steps", "batch_size", "eval_interval", "eval_questions")
+        self.validate_pairs()
+        check_positive_fields(self, "steps", "batch_size", "eval_interval", "eval_questions")
         if not (self.lr > 0 and self.beta > 0):
             raise ConfigError("lr and beta must be > 0")
 
@@ -76,8 +73,7 @@ def train_dpo(policy_run: LoadedRun, config: DPOConfig, progress: bool = True) -
     config.validate()
     tokenizer = policy_run.tokenizer
     require_chat_format(tokenizer, str(policy_run.run_dir))
-    train_pairs, _ = split_pairs(RewardConfig(data=config.data, ops=config.ops, digits=config.digits,
-                                              val_pairs=config.val_pairs, seed=config.seed))
+    train_pairs, _ = split_pairs(config)
     torch.manual_seed(config.seed)
     policy = policy_run.model
     reference = frozen_copy(policy)
@@ -101,7 +97,7 @@ def train_dpo(policy_run: LoadedRun, config: DPOConfig, progress: bool = True) -
     start = evaluate(0)
     last = start
     for step in tqdm(range(1, config.steps + 1), desc="dpo", disable=not progress, leave=False):
-        batch = (fresh_pairs(rng, config.ops, config.digits, config.batch_size) if train_pairs is None
+        batch = (fresh_pairs(rng, config.ops, config.digits, config.batch_size, config.shapes) if train_pairs is None
                  else [train_pairs[rng.randrange(len(train_pairs))] for _ in range(config.batch_size)])
         policy.train()
         chosen, rejected = (reply_logprobs(policy, tokenizer, batch, side) for side in ("chosen", "rejected"))

@@ -110,14 +110,47 @@ class RewardModel(nn.Module):
         self.head.load_state_dict(state)
 
 
+@dataclass(frozen=True)
+class Shapes:
+    """How generated pairs show their work (shares of pairs, or of worked wrong replies)."""
+
+    worked: float = 0.0  # both replies show their work
+    style: str = "units"  # how: units ("units first 34, so 43") or columns (additions written out)
+    cross: float = 0.0  # one reply shows its work and the other does not, either way round
+    slips: float = 0.0  # columns: a wrong worked reply slips a column or the final number instead of misreading
+
+
 @dataclass
-class RewardConfig:
-    """Training a reward model (``quill reward train``); every field is a flag."""
+class PairsConfig:
+    """Where preference pairs come from: the fields ``quill reward train`` and ``quill dpo`` share."""
 
     data: str = "arithmetic"  # a JSONL file of {"prompt", "chosen", "rejected"}, or arithmetic
     ops: str = "+-"  # arithmetic: the operators asked about
     digits: int = 3  # arithmetic: operands have 1..digits digits
     val_pairs: int = 1000  # held-out pairs (JSONL: at most a tenth of the file)
+    worked: float = 0.0  # arithmetic: share of pairs whose two replies both show their work
+    work_style: str = "units"  # the worked replies: units ("units first 34, so 43") or columns (additions)
+    cross_style: float = 0.0  # share of pairs where one reply shows its work and the other does not
+    slips: float = 0.0  # columns: share of wrong worked replies that slip in a column sum or the final number
+    seed: int = 0
+
+    @property
+    def shapes(self) -> Shapes:
+        return Shapes(self.worked, self.work_style, self.cross_style, self.slips)
+
+    def validate_pairs(self) -> None:
+        check_positive_fields(self, "digits", "val_pairs")
+        for share in ("worked", "cross_style", "slips"):
+            if not 0.0 <= getattr(self, share) <= 1.0:
+                raise ConfigError(f"{share} is a share of the pairs, in [0, 1], got {getattr(self, share)}")
+        if self.work_style not in WORK_STYLES:
+            raise ConfigError(f"work_style must be one of {', '.join(WORK_STYLES)}, got {self.work_style!r}")
+
+
+@dataclass
+class RewardConfig(PairsConfig):
+    """Training a reward model (``quill reward train``); every field is a flag."""
+
     steps: int = 1500
     batch_size: int = 64  # pairs per step
     lr: float = 5e-4
@@ -125,27 +158,14 @@ class RewardConfig:
     warmup: int = 50
     eval_interval: int = 250
     policy_pairs: int = 0  # arithmetic: questions whose wrong answers are the SFT model's own samples (half a batch)
-    worked: float = 0.0  # arithmetic: share of pairs whose two replies both show their work (units first)
-    work_style: str = "units"  # the worked replies: units ("units first 34, so 43") or columns (additions)
-    cross_style: float = 0.0  # share of pairs where one reply shows its work and the other does not
-    slips: float = 0.0  # columns: share of wrong worked replies that slip in a column sum or the final number
     likelihood: bool = False  # add the backbone's log-likelihood of the reply (learned scale) to the score
-    seed: int = 0
     out_dir: str = ""
 
-    @property
-    def shapes(self) -> Shapes:
-        return Shapes(self.worked, self.work_style, self.cross_style, self.slips)
-
     def validate(self) -> None:
-        check_positive_fields(self, "digits", "val_pairs", "steps", "batch_size", "eval_interval")
+        self.validate_pairs()
+        check_positive_fields(self, "steps", "batch_size", "eval_interval")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        for share in ("worked", "cross_style", "slips"):
-            if not 0.0 <= getattr(self, share) <= 1.0:
-                raise ConfigError(f"{share} is a share of the pairs, in [0, 1], got {getattr(self, share)}")
-        if self.work_style not in WORK_STYLES:
-            raise ConfigError(f"work_style must be one of {', '.join(WORK_STYLES)}, got {self.work_style!r}")
 
 
 @dataclass(frozen=True)
@@ -165,16 +185,6 @@ def read_pairs(path: str | Path) -> list[Pair]:
     if len(out) < 2:
         raise DataError(f"{path} has {len(out)} pairs: a reward model needs at least 2 (one is held out)")
     return out
-
-
-@dataclass(frozen=True)
-class Shapes:
-    """How generated pairs show their work (shares of pairs, or of worked wrong replies)."""
-
-    worked: float = 0.0  # both replies show their work
-    style: str = "units"  # how: units ("units first 34, so 43") or columns (additions written out)
-    cross: float = 0.0  # one reply shows its work and the other does not, either way round
-    slips: float = 0.0  # columns: a wrong worked reply slips a column or the final number instead of misreading
 
 
 def wrong_reply(q: Question, rng: random.Random, wrong: str, worked: bool, shapes: Shapes) -> str:
@@ -217,7 +227,7 @@ def fresh_pairs(rng: random.Random, ops: str, digits: int, count: int, shapes: S
     return [question_pair(q, rng, shapes) for q in fresh_questions(rng, ops, digits, count)]
 
 
-def split_pairs(config: RewardConfig) -> tuple[list[Pair] | None, list[Pair]]:
+def split_pairs(config: PairsConfig) -> tuple[list[Pair] | None, list[Pair]]:
     """(train pairs, or None for fresh generated pairs every step; held-out pairs)."""
     if config.data == "arithmetic":
         try:
