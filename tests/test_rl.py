@@ -276,7 +276,9 @@ def test_reward_and_rl_commands(tmp_path: Path, capsys):
         assert main(["rl", algorithm, str(sft), "--reward", reward, "--digits", "1", "--steps", "2",
                      "--prompts-per-step", "2", "--samples-per-prompt", "2", "--minibatches", "1",
                      "--eval-questions", "5", "--out-dir", str(tmp_path / algorithm), "--no-progress"]) == 0
-        assert "held-out exact match" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "held-out exact match" in out and "on held-out questions" in out
+        assert ("target 0.5" in out) == (algorithm == "ppo")  # PPO's default KL target; GRPO has none
     assert main(["dpo", str(sft), "--digits", "2", "--steps", "2", "--batch-size", "4", "--val-pairs", "10",
                  "--eval-questions", "5", "--out-dir", str(tmp_path / "dpo"), "--no-progress"]) == 0
     assert "KL to the reference" in capsys.readouterr().out

@@ -199,7 +199,8 @@ def cmd_rl(args: argparse.Namespace) -> int:
     print(f"{args.algorithm} from {policy.run_dir} ({policy.checkpoint.name}), reward {config.reward}: "
           f"{config.steps} steps of {config.prompts_per_step} questions x {config.samples_per_prompt} samples")
     summary = run.train()
-    _print_outcome(summary, "mean of the last 10 steps")
+    target = f", target {config.kl_target:g}" if config.kl_target > 0 else ""
+    _print_outcome(summary, f"mean of the last 10 steps{target}; {summary['kl_held_out']:.3f} on held-out questions")
     print(summary["final_report"])
     print(f"saved {config.out_dir} (curves: {config.out_dir}/rl.png); next: quill chat {config.out_dir}")
     return 0
