@@ -26,6 +26,7 @@ LR_SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("adamw", "muon")
 TASK_OPS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "calc": "+-*/"}  # arithmetic task -> operators
 TASK_FORMATS = ("plain", "reversed", "scratchpad", "hinted")
+WORK_STYLES = ("units", "columns")  # how a chat answer shows its work (tasks/questions.py)
 
 
 @dataclass
@@ -192,7 +193,7 @@ class ChatConfig:
     chat_val: int = 500  # held-out conversations (JSONL: at most a tenth of the file)
     chat_seed: int = 0  # draws the held-out questions (arithmetic) or split (JSONL)
     chat_worked: float = 0.0  # arithmetic: share of demonstrations that show their work ("units first 34, so 43")
-    chat_work_style: str = "units"  # units: "units first 34, so 43"; columns (+ only): "7+6=13 1+2+1=4 so 43"
+    chat_work_style: str = "units"  # units: "units first 34, so 43"; columns (+ only): "7+6=13 1+2+1=4: 43"
 
     @property
     def enabled(self) -> bool:
@@ -215,7 +216,7 @@ class ChatConfig:
             raise ConfigError(f"chat_examples must be >= 0 (0: fresh questions every batch), got {self.chat_examples}")
         if not 0.0 <= self.chat_worked <= 1.0:
             raise ConfigError(f"chat_worked is a share of the demonstrations, in [0, 1], got {self.chat_worked}")
-        _check_choice("chat_work_style", self.chat_work_style, ("units", "columns"))
+        _check_choice("chat_work_style", self.chat_work_style, WORK_STYLES)
 
 
 CHAT_ARITHMETIC = "arithmetic"  # ChatConfig.chat_data naming the built-in generated dataset

@@ -58,7 +58,7 @@ class ChatReport:
 
     @property
     def worked_rate(self) -> float:
-        """Share of replies that show their work (``units first ..., so N``)."""
+        """Share of replies that show their work (either style: ``questions.WORKED``)."""
         return sum(a.finished and shows_work(a.reply) for a in self.answers) / len(self.answers)
 
     def by_operator(self) -> dict[str, float]:

@@ -28,14 +28,13 @@ from tqdm import tqdm
 
 from quillgpt.chat import Message, encode_conversation, end_id, prompt_ids, read_jsonl, require_chat_format
 from quillgpt.checkpoint import LoadedRun, load_run, read_tensors, write_checkpoint, write_run_files
-from quillgpt.config import check_positive_fields
+from quillgpt.config import WORK_STYLES, check_positive_fields
 from quillgpt.errors import CheckpointError, ConfigError, DataError
 from quillgpt.fsutil import atomic_write_json
 from quillgpt.metrics import MetricsLog
 from quillgpt.posttrain.objectives import bradley_terry_loss, pairwise_accuracy
 from quillgpt.posttrain.rollout import token_logprobs
 from quillgpt.tasks.questions import (
-    WORK_STYLES,
     Question,
     exact_match,
     fresh_questions,

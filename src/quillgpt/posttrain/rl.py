@@ -182,7 +182,7 @@ class RLRun:
         self.log.path.unlink(missing_ok=True)
         tic = time.perf_counter()
         start = self.evaluate()
-        history = [{"step": 0, "accuracy": start.accuracy, "format": start.format_rate, "worked": start.worked_rate}]
+        history = [_eval_record(0, start)]
         self.log.append({"kind": "eval", **history[0]})
         bar = tqdm(range(1, self.config.steps + 1), desc=f"rl {self.algorithm.name}", disable=not self.progress,
                    leave=False)
@@ -199,8 +199,7 @@ class RLRun:
             self.log.append(record)
             if step % self.config.eval_interval == 0 or step == self.config.steps:
                 report = self.evaluate()
-                history.append({"step": step, "accuracy": report.accuracy, "format": report.format_rate,
-                                "worked": report.worked_rate})
+                history.append(_eval_record(step, report))
                 self.log.append({"kind": "eval", **history[-1]})
             bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{stats['kl']:.3f}",
                             acc=f"{history[-1]['accuracy']:.3f}")
@@ -242,6 +241,10 @@ def measure_kl(policy: nn.Module, reference: nn.Module, tokenizer: Tokenizer, as
     batch = RolloutBatch.from_rollouts(rollouts, end_id(tokenizer), next(policy.parameters()).device)
     return kl_per_reply(sampled_logprobs(policy, batch.ids), sampled_logprobs(reference, batch.ids),
                         batch.response_mask.float())
+
+
+def _eval_record(step: int, report: ChatReport) -> dict[str, Any]:
+    return {"step": step, "accuracy": report.accuracy, "format": report.format_rate, "worked": report.worked_rate}
 
 
 def _mean_last(records: list[dict[str, Any]], key: str, n: int = 10) -> float:

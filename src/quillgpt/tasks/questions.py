@@ -34,7 +34,6 @@ TEMPLATES = {
 }
 ANSWER = re.compile(r"-?\d+")
 WORKED_LEAD = "units first "
-WORK_STYLES = ("units", "columns")
 WORKED = re.compile(WORKED_LEAD + r"\d+, so (-?\d+)|(?:\d\+\d(?:\+1)?=\d+ )*\d\+\d(?:\+1)?=\d+: (-?\d+)")
 
 
