@@ -20,8 +20,10 @@ division with remainder, ``17/5=3r2``). Formats of the answer:
   up to ``block_size`` is seen; at test time they start at ``a`` and position 0. A remedy
   for length generalization (train on 3 digits, test on 4-5).
 
-Train and test sets are disjoint by construction: a stable hash of (op, a, b) puts each
-problem in exactly one split, and each split is drawn from its own seed.
+Train and test sets are disjoint by construction: a stable hash of the problem's canonical
+form puts each problem in exactly one split, and each split is drawn from its own seed. The
+canonical form of a commutative problem orders its operands (``45*12`` and ``12*45`` hash
+alike), so a held-out ``a*b`` never has its twin ``b*a``, the same fact, in training.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 from quillgpt.data import SeededSampler, to_device
 
 OPS = ("+", "-", "*", "/")
+COMMUTATIVE = ("+", "*")  # a problem and its swapped twin must share a split
 FORMATS = ("plain", "reversed", "scratchpad", "hinted")
 HINTS = "abcdefghij"  # place hints of the hinted format: digit places 0..9
 BASE_ALPHABET = "\n-0123456789+*/=r;|"  # every character of the other formats
@@ -66,8 +69,16 @@ class Problem:
         return divmod(self.a, self.b)
 
     @property
+    def canonical(self) -> tuple[int, str, int]:
+        """The operands of ``+`` and ``*`` in order: a problem and its swapped twin are one fact."""
+        if self.op in COMMUTATIVE and self.b < self.a:
+            return self.b, self.op, self.a
+        return self.a, self.op, self.b
+
+    @property
     def split(self) -> str:
-        digest = hashlib.blake2b(f"{self.a}{self.op}{self.b}".encode(), digest_size=8).digest()
+        a, op, b = self.canonical
+        digest = hashlib.blake2b(f"{a}{op}{b}".encode(), digest_size=8).digest()
         return "test" if int.from_bytes(digest, "little") % TEST_BUCKETS == 0 else "train"
 
 
