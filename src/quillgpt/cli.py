@@ -45,6 +45,7 @@ from quillgpt.data import (
     prepare_source,
 )
 from quillgpt.errors import ConfigError, QuillError, SamplingError
+from quillgpt.export.cli import add_parsers as add_export_commands
 from quillgpt.lessons.cli import add_lesson_commands
 from quillgpt.posttrain.cli import add_posttrain_commands
 from quillgpt.pretrained import apply_init, check_same_tokenizer, init_model_config, load_init
@@ -497,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_posttrain_commands(commands)
     add_serve_commands(commands)
     add_zoo_command(commands)
+    add_export_commands(commands)
 
     info = commands.add_parser("info", help="show a run's size, config and losses")
     info.add_argument("run_dir")

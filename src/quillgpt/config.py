@@ -19,7 +19,7 @@ ARCHS = ("bigram", "gpt", "mlp", "cnn", "rnn", "lstm", "gru")  # mlp..gru: the m
 ATTENTIONS = ("classic", "fused")
 NORMS = ("torch", "scratch", "rms")
 POSITIONS = ("learned", "rope")
-ACTIVATIONS = ("relu", "gelu", "swiglu")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LR_SCHEDULES = ("cosine", "constant")
@@ -48,12 +48,15 @@ class ModelConfig:
     # table (Su et al. 2021, arXiv 2104.09864, "RoFormer"), so scores depend on the offset only.
     position: str = "learned"
     # feed-forward nonlinearity: relu (the lecture), gelu (Hendrycks & Gimpel 2016, arXiv 1606.08415),
+    # gelu_tanh (GELU's tanh approximation, GPT-2's "gelu_new"),
     # swiglu (Shazeer 2020, arXiv 2002.05202: a gated unit, Swish(xW) * xV, then W2)
     activation: str = "relu"
     tie_weights: bool = False  # lm_head reuses the token embedding matrix (Press & Wolf 2017, arXiv 1608.05859)
     # normalize q and k of each head before their dot product (Henry et al. 2020, arXiv 2010.04245;
     # Dehghani et al. 2023, arXiv 2302.05442, sec. 3.1): bounded attention logits, steadier training
     qk_norm: bool = False
+    # biases on the query/key/value projections (GPT-2 has them; quill import sets this for GPT-2 checkpoints)
+    qkv_bias: bool = False
     context_len: int = 8  # arch "mlp": how many previous tokens it sees (Bengio et al. 2003's n - 1)
 
     def validate(self) -> None:

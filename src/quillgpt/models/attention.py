@@ -70,11 +70,12 @@ class Head(nn.Module):
     """One head of causal self-attention."""
 
     def __init__(self, n_embd: int, head_size: int, block_size: int, dropout: float,
-                 rope: RotaryEmbedding | None = None, qk_norm: bool = False) -> None:
+                 rope: RotaryEmbedding | None = None, qk_norm: bool = False, qkv_bias: bool = False) -> None:
         super().__init__()
-        self.key = nn.Linear(n_embd, head_size, bias=False)
-        self.query = nn.Linear(n_embd, head_size, bias=False)
-        self.value = nn.Linear(n_embd, head_size, bias=False)
+        # No biases in the lecture; qkv_bias adds them for GPT-2 checkpoints (quill import).
+        self.key = nn.Linear(n_embd, head_size, bias=qkv_bias)
+        self.query = nn.Linear(n_embd, head_size, bias=qkv_bias)
+        self.value = nn.Linear(n_embd, head_size, bias=qkv_bias)
         self.rope = rope  # shared by all heads; None: positions come from the GPT's position table
         # QK-norm: a per-head RMSNorm of q and k (see ModelConfig.qk_norm)
         self.q_norm, self.k_norm = (RMSNorm(head_size), RMSNorm(head_size)) if qk_norm else (None, None)
@@ -106,11 +107,11 @@ class MultiHeadAttention(nn.Module):
     """Several heads in parallel, concatenated, then projected back into the residual stream."""
 
     def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float, rope: bool = False,
-                 qk_norm: bool = False) -> None:
+                 qk_norm: bool = False, qkv_bias: bool = False) -> None:
         super().__init__()
         head_size = n_embd // n_head
         self.rope = RotaryEmbedding(head_size, block_size) if rope else None
-        self.heads = nn.ModuleList([Head(n_embd, head_size, block_size, dropout, self.rope, qk_norm)
+        self.heads = nn.ModuleList([Head(n_embd, head_size, block_size, dropout, self.rope, qk_norm, qkv_bias)
                                     for _ in range(n_head)])
         self.proj = nn.Linear(n_embd, n_embd)
         self.dropout = nn.Dropout(dropout)
@@ -184,8 +185,8 @@ class FusedMultiHeadAttention(MultiHeadAttention):
     """Fast path: the same parameters as ``MultiHeadAttention``, all heads at once."""
 
     def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float, rope: bool = False,
-                 qk_norm: bool = False) -> None:
-        super().__init__(n_embd, n_head, block_size, dropout, rope, qk_norm)
+                 qk_norm: bool = False, qkv_bias: bool = False) -> None:
+        super().__init__(n_embd, n_head, block_size, dropout, rope, qk_norm, qkv_bias)
         self.n_head = n_head
         self.attn_dropout = dropout
         self._stacked: tuple[tuple[int, ...], torch.Tensor] | None = None
@@ -207,9 +208,16 @@ class FusedMultiHeadAttention(MultiHeadAttention):
             self._stacked = (versions, torch.cat(weights))
         return self._stacked[1]
 
+    def qkv_bias(self) -> torch.Tensor | None:
+        """The per-head biases stacked like ``qkv_weight`` (None without qkv_bias: the lecture's heads)."""
+        heads = self.heads
+        if heads[0].query.bias is None:
+            return None
+        return torch.cat([h.query.bias for h in heads] + [h.key.bias for h in heads] + [h.value.bias for h in heads])
+
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = matvec.linear(x, self.qkv_weight(), None, self._prepared, "qkv").split(C, dim=-1)
+        q, k, v = matvec.linear(x, self.qkv_weight(), self.qkv_bias(), self._prepared, "qkv").split(C, dim=-1)
         # (B, T, C) -> (B, n_head, T, head_size): head i owns columns i*hs:(i+1)*hs,
         # exactly the order in which MultiHeadAttention concatenates its heads.
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))

@@ -48,17 +48,21 @@ class LayerNorm1d(nn.Module):
         return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
+ACTIVATION_MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh")}
+
+
 class FeedForward(nn.Module):
     """A per-position MLP, 4x wider inside ("Attention Is All You Need", section 3.3).
 
-    ``activation`` "gelu" swaps ReLU for GELU, x * Phi(x) (Hendrycks & Gimpel 2016), as GPT-2 does.
+    ``activation`` "gelu" swaps ReLU for GELU, x * Phi(x) (Hendrycks & Gimpel 2016); "gelu_tanh" for
+    its tanh approximation, which is what GPT-2's checkpoints were trained with.
     """
 
     def __init__(self, n_embd: int, dropout: float, activation: str = "relu") -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(n_embd, 4 * n_embd),
-            nn.GELU() if activation == "gelu" else nn.ReLU(),
+            ACTIVATION_MODULES[activation](),
             nn.Linear(4 * n_embd, n_embd),
             nn.Dropout(dropout),
         )
@@ -135,7 +139,7 @@ class Block(nn.Module):
         fast = config.attention == "fused"
         attention = FusedMultiHeadAttention if fast else MultiHeadAttention
         self.sa = attention(config.n_embd, config.n_head, config.block_size, config.dropout,
-                            rope=config.position == "rope", qk_norm=config.qk_norm)
+                            rope=config.position == "rope", qk_norm=config.qk_norm, qkv_bias=config.qkv_bias)
         self.ffwd = make_feed_forward(config)
         self.ln1 = make_norm(config.norm, config.n_embd)
         self.ln2 = make_norm(config.norm, config.n_embd)

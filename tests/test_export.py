@@ -1,0 +1,219 @@
+"""quill export --format hf: the transformers folder computes what quill computes.
+
+Models are built in-process with random weights (gains, biases and the lm_head bias all
+non-zero, so every mapping and the bias fold matter) and saved as run directories; no
+training, no network.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers  # the export extra: `make test` installs it, so these tests never skip
+
+from quillgpt.chat import Message, encode_conversation, with_chat_tokens
+from quillgpt.checkpoint import load_run, write_checkpoint, write_run_files
+from quillgpt.cli import main
+from quillgpt.config import CHAT_ARITHMETIC, ChatConfig, ModelConfig, RunConfig
+from quillgpt.export.hf import fold_head_bias
+from quillgpt.models.gpt import GPT
+from quillgpt.sample import generate
+from quillgpt.tokenizers import BPETokenizer, CharTokenizer, Tokenizer
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n"
+
+
+def randomize(model: GPT, seed: int = 0, head_bias: bool = True) -> GPT:
+    """Random weights everywhere (norm gains near 1), so no mapping is tested on zeros or ones."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if name.endswith("weight") and param.dim() == 1:  # LayerNorm/RMSNorm gains
+                param.copy_(1.0 + 0.2 * noise)
+            else:
+                param.copy_(0.2 * noise if param.dim() == 1 else noise / param.shape[-1] ** 0.5)
+        if not head_bias:
+            model.lm_head.bias.zero_()
+    return model.eval()
+
+
+def make_run(path: Path, model_config: ModelConfig, tokenizer: Tokenizer, seed: int = 0, head_bias: bool = True,
+             chat: bool = False) -> Path:
+    model_config.vocab_size = tokenizer.vocab_size
+    model = randomize(GPT(model_config), seed, head_bias)
+    config = RunConfig(model=model_config, chat=ChatConfig(chat_data=CHAT_ARITHMETIC) if chat else ChatConfig())
+    write_run_files(path, config, tokenizer, {"dataset": "generated", "source": {"name": "generated", "chars": 70,
+                                                                                 "sha256": "0" * 64}})
+    last_eval = {"kind": "eval", "step": 7, "val_loss": 2.5, "val_bpc": 3.6}
+    write_checkpoint(path, 7, model.state_dict(), trainer_state={"last_eval": last_eval})
+    return path
+
+
+def char_tokenizer() -> CharTokenizer:
+    return CharTokenizer.from_text(TEXT)
+
+
+def export(run: Path, out: Path, capsys: pytest.CaptureFixture[str], fmt: str = "hf") -> tuple[int, str]:
+    code = main(["export", str(run), "--format", fmt, "--out", str(out)])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def quill_and_hf_logits(run: Path, out: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    loaded = load_run(run)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    idx = torch.randint(0, loaded.config.model.vocab_size, (3, loaded.config.model.block_size),
+                        generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        return loaded.model(idx)[0], hf(input_ids=idx).logits
+
+
+def check_greedy(run: Path, out: Path, prompt: str, new_tokens: int) -> None:
+    """transformers' greedy generate gives the text quill's --top-k 1 sampling gives."""
+    loaded = load_run(run)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    assert ids[0].tolist() == loaded.tokenizer.encode(prompt)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    theirs = hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    ours = generate(loaded.model, torch.tensor([loaded.tokenizer.encode(prompt)]), new_tokens, top_k=1)
+    assert tokenizer.decode(theirs[0]) == loaded.tokenizer.decode(ours[0].tolist())
+
+
+@pytest.mark.parametrize(("n_embd", "route"), [(48, "least-squares"), (16, "mean-direction")])
+def test_lecture_gpt_exports_to_gpt2_with_the_same_logits_and_greedy_text(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], n_embd: int, route: str) -> None:
+    # vocab 30: n_embd 48 gives the head full row rank (bias = W c), n_embd 16 does not.
+    config = ModelConfig(block_size=24, n_layer=2, n_head=2, n_embd=n_embd, dropout=0.0)
+    run = make_run(tmp_path / "run", config, char_tokenizer())
+    assert load_run(run).model.lm_head.bias.abs().max() > 0.1  # the fold has something to do
+    code, output = export(run, tmp_path / "hf", capsys)
+    assert code == 0, output
+    assert route in output
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf_config["model_type"] == "gpt2" and hf_config["activation_function"] == "relu"
+    ours, theirs = quill_and_hf_logits(run, tmp_path / "hf")
+    assert (ours - theirs).abs().max() <= 1e-4
+    check_greedy(run, tmp_path / "hf", "All:\nSpeak", 12)
+
+
+def test_bias_fold_routes_are_exact() -> None:
+    generator = torch.Generator().manual_seed(0)
+    n = torch.randn(5, 16, generator=generator)
+    n = (n - n.mean(-1, keepdim=True)) / n.std(-1, unbiased=False, keepdim=True)  # LayerNorm's output: mean 0
+    for vocab in (10, 40):  # full row rank, then not
+        head, bias = torch.randn(vocab, 16, generator=generator), torch.randn(vocab, generator=generator)
+        g, beta = 1 + 0.2 * torch.randn(16, generator=generator), torch.randn(16, generator=generator)
+        fold = fold_head_bias(head, bias, g, beta)
+        assert fold.route == ("least-squares" if vocab == 10 else "mean-direction")
+        expected = (n * g + beta) @ head.T + bias
+        assert ((n * fold.ln_weight + fold.ln_bias) @ fold.head.T - expected).abs().max() < 1e-4
+        # without the fold the bias would be lost: a test that can fail
+        assert ((n * g + beta) @ head.T - expected).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("variant", [{}, {"tie_weights": True}, {"qkv_bias": True}])
+def test_rope_rms_swiglu_exports_to_llama(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          variant: dict) -> None:
+    config = ModelConfig(block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.0, position="rope", norm="rms",
+                         activation="swiglu", **variant)
+    run = make_run(tmp_path / "run", config, char_tokenizer(), head_bias=False)
+    code, output = export(run, tmp_path / "hf", capsys)
+    assert code == 0, output
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf_config["model_type"] == "llama" and hf_config["rms_norm_eps"] == 1e-6
+    assert hf_config["tie_word_embeddings"] == bool(variant.get("tie_weights"))
+    ours, theirs = quill_and_hf_logits(run, tmp_path / "hf")
+    assert (ours - theirs).abs().max() <= 1e-4
+    check_greedy(run, tmp_path / "hf", "Speak", 12)
+
+
+def one_error_line(output: str) -> str:
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("quill: error:"), output
+    return lines[0]
+
+
+@pytest.mark.parametrize(("config", "head_bias", "feature"), [
+    (ModelConfig(qk_norm=True), True, "qk_norm"),
+    (ModelConfig(arch="lstm"), True, "arch lstm"),
+    (ModelConfig(position="rope"), True, "--position rope --norm torch"),
+    (ModelConfig(position="rope", norm="rms", activation="swiglu"), True, "lm_head bias"),
+])
+def test_what_no_standard_architecture_represents_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             config: ModelConfig, head_bias: bool,
+                                                             feature: str) -> None:
+    config.block_size, config.n_layer, config.n_head, config.n_embd, config.dropout = 16, 1, 2, 16, 0.0
+    tokenizer = char_tokenizer()
+    config.vocab_size = tokenizer.vocab_size
+    if config.arch == "gpt":
+        make_run(tmp_path / "run", config, tokenizer, head_bias=head_bias)
+    else:
+        from quillgpt.models import build_model
+
+        write_run_files(tmp_path / "run", RunConfig(model=config), tokenizer, {"dataset": "generated"})
+        write_checkpoint(tmp_path / "run", 1, build_model(config).state_dict())
+    code, output = export(tmp_path / "run", tmp_path / "hf", capsys)
+    assert code == 2 and feature in one_error_line(output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no output, no temp folder
+
+
+def test_an_existing_output_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run", ModelConfig(block_size=8, n_layer=1, n_head=1, n_embd=8), char_tokenizer())
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "keep.txt").write_text("mine")
+    code, output = export(run, tmp_path / "hf", capsys)
+    assert code == 2 and "not empty" in one_error_line(output)
+    assert [p.name for p in (tmp_path / "hf").iterdir()] == ["keep.txt"]
+
+
+def chat_prompts() -> list[list[Message]]:
+    return [[Message("user", "What is 17 plus 26?"), Message("assistant", "43")],
+            [Message("system", "Be brief."), Message("user", "What is 2 minus 9?"), Message("assistant", "-7"),
+             Message("user", "And 3 times 4?")]]
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_sft_chat_template_renders_quills_chat_format_token_for_token(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    texts = TEXT + "What is 17 plus 26? 43 Be brief. 2 minus 9 -7 And 3 times 4"
+    tokenizer = with_chat_tokens(None, texts) if kind == "char" else BPETokenizer.train([texts * 20], 300)
+    config = ModelConfig(block_size=48, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+    run = make_run(tmp_path / "run", config, tokenizer, chat=True)
+    code, output = export(run, tmp_path / "hf", capsys)
+    assert code == 0, output
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf_tokenizer.eos_token == "<|end|>"
+    for messages in chat_prompts():
+        as_dicts = [{"role": m.role, "content": m.content} for m in messages]
+        ending = messages[-1].role == "user"
+        theirs = hf_tokenizer.apply_chat_template(as_dicts, add_generation_prompt=ending, tokenize=True,
+                                                  return_dict=False)
+        assert list(theirs) == encode_conversation(tokenizer, messages, add_generation_prompt=ending).ids
+    ours, hf_logits = quill_and_hf_logits(run, tmp_path / "hf")
+    assert (ours - hf_logits).abs().max() <= 1e-4
+
+
+def test_the_folder_has_a_model_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run", ModelConfig(block_size=8, n_layer=1, n_head=1, n_embd=8), char_tokenizer())
+    assert export(run, tmp_path / "hf", capsys)[0] == 0
+    card = (tmp_path / "hf" / "README.md").read_text()
+    header = card.split("---")[1]
+    assert "license:" in header and "library_name: transformers" in header and "pipeline_tag: text-generation" in header
+    for fact in ("steps: 7", "val loss: 2.5000", "bits per character: 3.6000", "generated", "quill export",
+                 "quill train --config"):
+        assert fact in card, fact
+
+
+def test_a_missing_extra_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    run = make_run(tmp_path / "run", ModelConfig(block_size=8, n_layer=1, n_head=1, n_embd=8), char_tokenizer())
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    code, output = export(run, tmp_path / "hf", capsys)
+    assert code == 2 and "pip install quillgpt[export]" in one_error_line(output)
+    assert not (tmp_path / "hf").exists()
