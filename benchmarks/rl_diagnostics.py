@@ -35,7 +35,7 @@ from quillgpt.tasks.questions import WORKED_LEAD, exact_match, fresh_questions, 
 def headroom(run_dir: str, ops: str, digits: int, n: int = 100) -> None:
     run = load_init(run_dir)
     tok = run.tokenizer
-    for split, asked in (("test", questions(ops, digits, n, 1000, "test")),
+    for split, asked in (("val", questions(ops, digits, n, 1000, "val")),
                          ("train", fresh_questions(random.Random(5), ops, digits, n))):
         prompts = [prompt_ids(tok, q.messages()) for q in asked]
         greedy = sample_replies(run.model, prompts, 32, end_id(tok), top_k=1)
@@ -63,7 +63,7 @@ def styles(run_dir: str, ops: str, digits: int) -> None:
     8 temperature-1 samples of each of 200 of them, the accuracy of each style of reply."""
     run = load_init(run_dir)
     tok = run.tokenizer
-    asked = questions(ops, digits, 500, 1000, "test")
+    asked = questions(ops, digits, 500, 1000, "val")
     report = ChatReport(answer_all(run.model, tok, asked))
     print(f"held-out, greedy: {100 * report.accuracy:.1f}% right, {100 * report.worked_rate:.1f}% showing work")
     sampled = sample_replies(run.model, [prompt_ids(tok, q.messages()) for q in asked[:200] for _ in range(8)], 32,
@@ -87,7 +87,7 @@ def styles(run_dir: str, ops: str, digits: int) -> None:
 def reward_ranking(run_dir: str, rm_dir: str, ops: str, digits: int, n: int = 100, samples: int = 8) -> None:
     run = load_init(run_dir)
     model, tok = load_reward_model(rm_dir)
-    asked = questions(ops, digits, n, 1000, "test")
+    asked = questions(ops, digits, n, 1000, "val")
     sampled = sample_replies(run.model, [prompt_ids(tok, q.messages()) for q in asked for _ in range(samples)], 32,
                              end_id(tok), generator=torch.Generator().manual_seed(0))
     replies = [tok.decode(r.response[:-1]) if r.finished else "" for r in sampled]

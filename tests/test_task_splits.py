@@ -36,3 +36,15 @@ def test_add3_held_out_problems_have_no_twin_in_training() -> None:
     train = set(problems("+", arith.digits, arith.train_examples, arith.data_seed, "train"))
     held_out = problems("+", arith.digits, 2000, 1000, "test")
     assert not [p for p in held_out if swapped(p) in train]
+
+
+def test_chat_questions_have_disjoint_train_val_and_test_halves() -> None:
+    from quillgpt.tasks.questions import questions
+
+    train = {q.problem.canonical for q in questions("+-*", 2, 2000, 0, "train")}
+    val = {q.problem.canonical for q in questions("+-*", 2, 300, 0, "val")}
+    test = {q.problem.canonical for q in questions("+-*", 2, 300, 0, "test")}
+    assert len(val) > 200 and len(test) > 200  # 300 distinct problems each, some of them twins
+    assert not train & val and not train & test and not val & test
+    # Another seed's val draw still never meets any test draw: the halves are fixed by the problem.
+    assert not {q.problem.canonical for q in questions("+-*", 2, 300, 7, "val")} & test

@@ -142,7 +142,7 @@ def _chat_run(run_dir: str) -> Any:
 
 
 def _print_outcome(summary: dict[str, Any], kl_what: str) -> None:
-    print(f"held-out exact match {100 * summary['start_accuracy']:.2f}% -> {100 * summary['accuracy']:.2f}% "
+    print(f"validation exact match {100 * summary['start_accuracy']:.2f}% -> {100 * summary['accuracy']:.2f}% "
           f"({summary['held_out']} questions); KL to the reference {summary['kl']:.3f} nats per reply ({kl_what}); "
           f"{summary['seconds']:.0f} s")
 
@@ -200,20 +200,21 @@ def cmd_rl(args: argparse.Namespace) -> int:
           f"{config.steps} steps of {config.prompts_per_step} questions x {config.samples_per_prompt} samples")
     summary = run.train()
     target = f", target {config.kl_target:g}" if config.kl_target > 0 else ""
-    _print_outcome(summary, f"mean of the last 10 steps{target}; {summary['kl_held_out']:.3f} on held-out questions")
+    _print_outcome(summary, f"mean of the last 10 steps{target}; {summary['kl_held_out']:.3f} on validation questions")
     print(summary["final_report"])
     print(f"saved {config.out_dir} (curves: {config.out_dir}/rl.png); next: quill chat {config.out_dir}")
     return 0
 
 
 def cmd_dpo(args: argparse.Namespace) -> int:
-    from quillgpt.posttrain.dpo import DPOConfig, train_dpo
+    from quillgpt.posttrain.dpo import DPOConfig, describe_pairs, train_dpo
 
     config = _configured(args, DPOConfig, "dpo", "dpo")
     policy = _chat_run(args.run_dir)
     print(f"dpo from {policy.run_dir} ({policy.checkpoint.name}) on {config.data} pairs, beta {config.beta}")
     summary = train_dpo(policy, config, progress=not args.no_progress)
-    _print_outcome(summary, "on sampled replies to held-out questions")
+    _print_outcome(summary, "on sampled replies to validation questions")
+    print(describe_pairs(summary))
     print(f"saved {config.out_dir}; next: quill chat {config.out_dir}")
     return 0
 

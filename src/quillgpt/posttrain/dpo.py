@@ -4,6 +4,11 @@ No reward model and no sampling: the policy itself is the reward model, with imp
 beta * log(pi(y|x) / pi_ref(y|x)), and the Bradley-Terry loss on that reward (eq. 7) raises
 the chosen reply's log-probability relative to the reference more than the rejected one's.
 ``beta`` sets how far from the reference the policy may go (0.1 in the paper).
+
+The held-out pairs (``--val-pairs``) are scored at every eval point with that implicit reward:
+the share of pairs whose chosen reply it ranks above the rejected one (the reward model's
+pairwise accuracy; a tie, as at step 0 where the policy is the reference, counts half) and
+the mean margin beta * ((log pi_c - log ref_c) - (log pi_r - log ref_r)), 0 at the start.
 """
 
 from __future__ import annotations
@@ -69,15 +74,44 @@ def reply_logprobs(model: nn.Module, tokenizer: Tokenizer, pairs: list[Pair], si
     return (token_logprobs(model(ids)[0], ids) * mask).sum(-1)
 
 
+def pair_logprobs(model: nn.Module, tokenizer: Tokenizer, pairs: list[Pair], batch_size: int = 256) -> torch.Tensor:
+    """(N, 2): ``model``'s summed log-probability of each pair's chosen and rejected reply, in eval mode."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        rows = [torch.stack([reply_logprobs(model, tokenizer, pairs[i:i + batch_size], side)
+                             for side in ("chosen", "rejected")], dim=1) for i in range(0, len(pairs), batch_size)]
+    model.train(was_training)
+    return torch.cat(rows).cpu()
+
+
+def preference_stats(policy_logprobs: torch.Tensor, reference_logprobs: torch.Tensor,
+                     beta: float) -> dict[str, float]:
+    """DPO's implicit reward on pairs, from (N, 2) ``pair_logprobs`` of the policy and the reference:
+    pairwise accuracy (a tie counts half) and the mean chosen-minus-rejected margin."""
+    logratios = policy_logprobs - reference_logprobs
+    margin = beta * (logratios[:, 0] - logratios[:, 1])
+    accuracy = (margin > 0).float() + 0.5 * (margin == 0).float()
+    return {"pair_accuracy": float(accuracy.mean()), "pair_margin": float(margin.mean())}
+
+
+def describe_pairs(summary: dict[str, Any]) -> str:
+    """One line on the held-out pairs, start -> end (printed by ``quill dpo``)."""
+    return (f"held-out pairs ({summary['val_pairs']}): implicit-reward pairwise accuracy "
+            f"{100 * summary['start_pair_accuracy']:.2f}% -> {100 * summary['pair_accuracy']:.2f}%, mean "
+            f"chosen-minus-rejected margin {summary['start_pair_margin']:.3f} -> {summary['pair_margin']:.3f}")
+
+
 def train_dpo(policy_run: LoadedRun, config: DPOConfig, progress: bool = True) -> dict[str, Any]:
     config.validate()
     tokenizer = policy_run.tokenizer
     require_chat_format(tokenizer, str(policy_run.run_dir))
-    train_pairs, _ = split_pairs(config)
+    train_pairs, val_pairs = split_pairs(config)
     torch.manual_seed(config.seed)
     policy = policy_run.model
     reference = frozen_copy(policy)
-    held_out = questions(config.ops, config.digits, config.eval_questions, config.eval_seed, "test")
+    reference_logprobs = pair_logprobs(reference, tokenizer, val_pairs)  # fixed: computed once
+    held_out = questions(config.ops, config.digits, config.eval_questions, config.eval_seed, "val")
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
     run_dir = Path(config.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,8 +123,12 @@ def train_dpo(policy_run: LoadedRun, config: DPOConfig, progress: bool = True) -
     def evaluate(step: int) -> dict[str, Any]:
         report = ChatReport(answer_all(policy, tokenizer, held_out))
         record = {"kind": "eval", "step": step, "accuracy": report.accuracy, "format": report.format_rate,
-                  "kl": measure_kl(policy, reference, tokenizer, held_out[:200], generator)}
+                  "kl": measure_kl(policy, reference, tokenizer, held_out[:200], generator),
+                  **preference_stats(pair_logprobs(policy, tokenizer, val_pairs), reference_logprobs,
+                                     config.beta)}
         log.append(record)
+        tqdm.write(f"  step {step:>5}: held-out pairs: implicit-reward pairwise accuracy "
+                   f"{100 * record['pair_accuracy']:.2f}%, mean margin {record['pair_margin']:.3f}")
         return record
 
     tic = time.perf_counter()
@@ -116,7 +154,9 @@ def train_dpo(policy_run: LoadedRun, config: DPOConfig, progress: bool = True) -
             last = evaluate(step)
     summary = {"algorithm": "dpo", "steps": config.steps, "seconds": time.perf_counter() - tic,
                "start_accuracy": start["accuracy"], "accuracy": last["accuracy"], "format": last["format"],
-               "kl": last["kl"], "held_out": len(held_out)}
+               "kl": last["kl"], "held_out": len(held_out), "val_pairs": len(val_pairs),
+               "start_pair_accuracy": start["pair_accuracy"], "pair_accuracy": last["pair_accuracy"],
+               "start_pair_margin": start["pair_margin"], "pair_margin": last["pair_margin"]}
     save_policy(run_dir, policy_run, policy, "dpo.json", {"config": dataclasses.asdict(config), "summary": summary},
                 f"dpo:{config.data}")
     plot_rl(log.read(), run_dir / "dpo.png", f"dpo from {policy_run.run_dir.name}")

@@ -230,7 +230,7 @@ def split_pairs(config: PairsConfig) -> tuple[list[Pair] | None, list[Pair]]:
     """(train pairs, or None for fresh generated pairs every step; held-out pairs)."""
     if config.data == "arithmetic":
         try:
-            return None, arithmetic_pairs(config.ops, config.digits, config.val_pairs, config.seed + 1, "test",
+            return None, arithmetic_pairs(config.ops, config.digits, config.val_pairs, config.seed + 1, "val",
                                           config.shapes)
         except ValueError as exc:
             raise ConfigError(f"{exc} (--val-pairs)") from None
@@ -335,7 +335,7 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
                                  fresh_questions(random.Random(config.seed + 2), config.ops, config.digits,
                                                  config.policy_pairs), seed=config.seed, shapes=config.shapes)
         own_val = policy_pairs(base.model, base.tokenizer, questions(
-            config.ops, config.digits, config.val_pairs, config.seed + 3, "test"), seed=config.seed + 1,
+            config.ops, config.digits, config.val_pairs, config.seed + 3, "val"), seed=config.seed + 1,
             shapes=config.shapes)
     torch.manual_seed(config.seed)
     model = RewardModel(base.model, likelihood=config.likelihood)

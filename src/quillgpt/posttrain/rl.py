@@ -4,7 +4,8 @@ Each step asks the policy fresh arithmetic questions (train split), samples repl
 them (a Python function, or a reward model), and hands rollouts and rewards to the algorithm
 (``ppo.PPO`` or ``grpo.GRPO``), which updates the policy while a frozen copy of the starting
 model (the reference) anchors it through a KL penalty. Every ``eval_interval`` steps the
-policy answers held-out questions greedily; the exact-match accuracy is the number that counts.
+policy answers validation questions greedily (the val half of the held-out split: settings are
+chosen on it); the chosen model is then scored once on the test half with ``quill task eval``.
 The result is a normal run directory (the policy; ``quill chat``, ``quill task eval`` and
 ``quill serve`` take it), plus ``rl.json`` and ``rl.png`` with the curves.
 """
@@ -71,7 +72,8 @@ class RLConfig:
     grad_clip: float = 1.0
     eval_interval: int = 25
     eval_questions: int = 500
-    eval_seed: int = 1000  # draws the held-out questions (test split)
+    # draws the validation questions (the val half of the held-out split; the test half is for quill task eval)
+    eval_seed: int = 1000
     seed: int = 0
     out_dir: str = ""
 
@@ -161,7 +163,7 @@ class RLRun:
         self.algorithm = make_algorithm(self.policy, self.reference, config)
         self.rng = random.Random(config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        self.held_out = questions(config.ops, config.digits, config.eval_questions, config.eval_seed, "test")
+        self.held_out = questions(config.ops, config.digits, config.eval_questions, config.eval_seed, "val")
         self.run_dir = Path(config.out_dir)
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
 

@@ -8,7 +8,8 @@ A prompt token therefore gets no gradient (InstructGPT, Ouyang et al. 2022; nano
 
 The data is a JSONL file (``{"messages": [...]}`` or ``{"prompt", "response"}`` per line), or
 the built-in arithmetic questions (``tasks.questions``): fresh train-split questions every
-batch (or a fixed set), and a held-out set of test-split questions for the val loss.
+batch (or a fixed set), and held-out questions of the val half for the val loss (the test half is
+left for ``quill task eval``).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class ChatDataset:
         c = self.config
         self.tokenizer = with_chat_tokens(base, alphabet())
         try:
-            self.val_questions = questions(c.chat_ops, c.chat_digits, c.chat_val, c.chat_seed, "test")
+            self.val_questions = questions(c.chat_ops, c.chat_digits, c.chat_val, c.chat_seed, "val")
             train = questions(c.chat_ops, c.chat_digits, c.chat_examples, 0, "train") if c.chat_examples else None
         except ValueError as exc:
             raise ConfigError(f"{exc} (--chat-val / --chat-examples)") from None

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -76,10 +77,18 @@ class Problem:
         return self.a, self.op, self.b
 
     @property
-    def split(self) -> str:
+    def _hash(self) -> int:
         a, op, b = self.canonical
-        digest = hashlib.blake2b(f"{a}{op}{b}".encode(), digest_size=8).digest()
-        return "test" if int.from_bytes(digest, "little") % TEST_BUCKETS == 0 else "train"
+        return int.from_bytes(hashlib.blake2b(f"{a}{op}{b}".encode(), digest_size=8).digest(), "little")
+
+    @property
+    def split(self) -> str:
+        return "test" if self._hash % TEST_BUCKETS == 0 else "train"
+
+    @property
+    def held_out_half(self) -> str:
+        """Which half of the held-out split: ``val`` to choose settings on, ``test`` to report once."""
+        return "val" if (self._hash // TEST_BUCKETS) % 2 else "test"
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,8 +115,9 @@ def draw_problem(rng: random.Random, ops: str, digits: int) -> Problem:
     return Problem(random_operand(rng, digits), op, random_operand(rng, digits, low=1 if op == "/" else 0))
 
 
-def problems(ops: str, digits: int, count: int, seed: int, split: str = "train") -> list[Problem]:
-    """``count`` distinct problems of ``split`` (train or test), the same for the same seed."""
+def problems(ops: str, digits: int, count: int, seed: int, split: str = "train",
+             keep: Callable[[Problem], bool] | None = None) -> list[Problem]:
+    """``count`` distinct problems of ``split`` (train or test) that ``keep`` accepts, the same for the same seed."""
     check_ops(ops)
     if digits < 1:
         raise ValueError(f"operands need at least 1 digit, got {digits}")
@@ -120,7 +130,7 @@ def problems(ops: str, digits: int, count: int, seed: int, split: str = "train")
         if attempts > 100 * count + 1000:
             raise ValueError(f"cannot draw {count} distinct {split} problems of {digits}-digit {ops}: ask for fewer")
         problem = draw_problem(rng, ops, digits)
-        if problem.split == split and problem not in seen:
+        if problem.split == split and (keep is None or keep(problem)) and problem not in seen:
             seen.add(problem)
             out.append(problem)
     return out

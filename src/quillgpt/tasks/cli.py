@@ -45,7 +45,7 @@ def _chat_eval(run: LoadedRun, args: argparse.Namespace) -> int:
     if args.task:
         raise ConfigError("--task is for arithmetic-task runs; a chat run is asked what it was trained on")
     try:
-        held_out = questions(trained.chat_ops, digits, n, seed, "test")
+        held_out = questions(trained.chat_ops, digits, n, seed, args.split)
     except ValueError as exc:
         raise ConfigError(f"{exc} (--n)") from None
     tic = time.perf_counter()
@@ -53,10 +53,12 @@ def _chat_eval(run: LoadedRun, args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - tic
     if args.json:
         print(json.dumps({"run": str(run.run_dir), "checkpoint": run.checkpoint.name, "step": run.step,
-                          "ops": trained.chat_ops, "digits": digits, "eval_seed": seed, "seconds": seconds,
+                          "ops": trained.chat_ops, "digits": digits, "split": args.split, "eval_seed": seed,
+                          "seconds": seconds,
                           **report.to_dict()}))
     else:
-        print(report.format(f"chat questions ({trained.chat_ops}, up to {digits} digits), eval seed {seed} "
+        print(report.format(f"chat questions ({trained.chat_ops}, up to {digits} digits), {args.split} half, "
+                            f"eval seed {seed} "
                             f"({run.checkpoint.name}, {seconds:.1f} s)"))
     return 0
 
@@ -137,6 +139,9 @@ def add_task_commands(commands: Any) -> None:
                            help="held-out problems (default: the run's eval_examples, 2000 for add3/calc3)")
     task_eval.add_argument("--eval-seed", type=optional_int, default=None,
                            help="draws the held-out set (default: the run's eval seed + 1, a set training never saw)")
+    task_eval.add_argument("--split", choices=("val", "test"), default="test",
+                           help="chat runs: the half of the held-out questions to score: val to choose settings on, "
+                                "test (default) to report the chosen model once")
     add_run_flags(task_eval)
     task_eval.add_argument("--json", action="store_true", help="print one JSON object")
     task_eval.set_defaults(func=cmd_task_eval)

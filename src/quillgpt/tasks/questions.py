@@ -9,8 +9,12 @@ left-to-right model can compute them without guessing carries (Lee et al. 2023: 
 addition with the answer reversed is learned far sooner than in plain order), then reads
 the number back. Only the final number is graded (the GSM8K convention).
 
-The problems come from ``tasks.arithmetic`` and keep its split: a hash of (a, op, b) puts each
-problem in train or test, so a held-out question is never trained on, whatever its wording.
+The problems come from ``tasks.arithmetic`` and keep its split: a hash of the problem puts
+each in train or held out, so a held-out question is never trained on, whatever its wording.
+Questions have three splits: ``train``; ``val``, one half of the held-out problems, on which
+settings are chosen (SFT's val loss, the reward model's held-out pairs, the RL and DPO eval
+points); and ``test``, the other half, scored once on the chosen model (``quill task eval``).
+Choosing settings by their test score would report the best of many draws as if it were one.
 The wording is drawn at random from a few templates per operator, so the model has to read
 the question, not one fixed layout.
 """
@@ -97,9 +101,19 @@ def _worded(rng: random.Random, chosen: list[Problem]) -> list[Question]:
     return [Question(p, rng.randrange(len(TEMPLATES[p.op]))) for p in chosen]
 
 
+QUESTION_SPLITS = ("train", "val", "test")
+
+
 def questions(ops: str, digits: int, count: int, seed: int, split: str) -> list[Question]:
-    """``count`` distinct problems of ``split``, each worded at random; the same for the same seed."""
-    return _worded(random.Random(f"words:{seed}:{split}"), problems(ops, digits, count, seed, split))
+    """``count`` distinct problems of ``split`` (train, val or test), each worded at random; the same
+    for the same seed. ``val`` and ``test`` are the two halves of the held-out problems."""
+    if split not in QUESTION_SPLITS:
+        raise ValueError(f"unknown question split {split!r}: choose one of {', '.join(QUESTION_SPLITS)}")
+    if split == "train":
+        chosen = problems(ops, digits, count, seed, "train")
+    else:
+        chosen = problems(ops, digits, count, seed, "test", keep=lambda p: p.held_out_half == split)
+    return _worded(random.Random(f"words:{seed}:{split}"), chosen)
 
 
 def fresh_questions(rng: random.Random, ops: str, digits: int, count: int) -> list[Question]:
