@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers  # the export extra: `make test` installs it, so these tests never skip
@@ -22,7 +23,7 @@ from quillgpt.config import CHAT_ARITHMETIC, ChatConfig, ModelConfig, RunConfig
 from quillgpt.export.hf import fold_head_bias
 from quillgpt.models.gpt import GPT
 from quillgpt.sample import generate
-from quillgpt.tokenizers import BPETokenizer, CharTokenizer, Tokenizer
+from quillgpt.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, byte_alphabet
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n"
 
@@ -217,3 +218,80 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path: Path, capsys: pytest.Ca
     code, output = export(run, tmp_path / "hf", capsys)
     assert code == 2 and "pip install quillgpt[export]" in one_error_line(output)
     assert not (tmp_path / "hf").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# GGUF (llama.cpp, Ollama): read back with gguf's own reader. llama-cpp-python has no wheel
+# for this platform on the package index, so no test runs the file in llama.cpp itself.
+# ---------------------------------------------------------------------------------------
+
+
+def read_gguf(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    tensors = {t.name: np.asarray(t.data).reshape(tuple(reversed([int(d) for d in t.shape]))) for t in reader.tensors}
+    fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+    return tensors, fields
+
+
+def test_gguf_gpt2_has_llama_cpp_names_shapes_values_and_tokenizer(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tokenizer = BPETokenizer.train([TEXT * 20], 300)
+    config = ModelConfig(block_size=24, n_layer=2, n_head=2, n_embd=16, dropout=0.0, activation="gelu_tanh",
+                         qkv_bias=True)
+    run = make_run(tmp_path / "run", config, tokenizer, chat=True)
+    code, output = export(run, tmp_path / "m.gguf", capsys, "gguf")
+    assert code == 0, output
+    tensors, fields = read_gguf(tmp_path / "m.gguf")
+    model = load_run(run).model
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    assert fields["general.architecture"] == "gpt2" and fields["gpt2.block_count"] == 2
+    assert fields["gpt2.context_length"] == 24 and fields["gpt2.embedding_length"] == 16
+    assert len(tensors) == 4 + 12 * 2 + 1  # embeddings, output norm/head, 12 per block
+    np.testing.assert_array_equal(tensors["token_embd.weight"], state["token_embedding_table.weight"])
+    np.testing.assert_array_equal(tensors["position_embd.weight"], state["position_embedding_table.weight"])
+    qkv = np.concatenate([state[f"blocks.1.sa.heads.{h}.{part}.weight"] for part in ("query", "key", "value")
+                          for h in range(2)])
+    np.testing.assert_array_equal(tensors["blk.1.attn_qkv.weight"], qkv)
+    np.testing.assert_array_equal(tensors["blk.0.ffn_up.weight"], state["blocks.0.ffwd.net.0.weight"])
+    assert tensors["output.weight"].shape == (tokenizer.vocab_size, 16)
+    # the folded head reproduces quill's logits from the final LayerNorm's normalized input
+    n = torch.randn(4, 16)
+    n = ((n - n.mean(-1, keepdim=True)) / n.std(-1, unbiased=False, keepdim=True)).numpy()
+    ours = (n * state["ln_f.weight"] + state["ln_f.bias"]) @ state["lm_head.weight"].T + state["lm_head.bias"]
+    theirs = (n * tensors["output_norm.weight"] + tensors["output_norm.bias"]) @ tensors["output.weight"].T
+    assert np.abs(ours - theirs).max() < 1e-4
+    assert fields["tokenizer.ggml.model"] == "gpt2"
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert len(tokens) == tokenizer.vocab_size and tokens[:6] == list(tokenizer.special_ids)
+    assert fields["tokenizer.ggml.token_type"][:7] == [3] * 6 + [1]
+    assert fields["tokenizer.ggml.eos_token_id"] == tokenizer.special_ids["<|end|>"]
+    assert len(fields["tokenizer.ggml.merges"]) == 300 - 6 - 256
+    assert "<|assistant|>" in fields["tokenizer.chat_template"]
+
+
+def test_gguf_llama_keeps_quills_interleaved_rope_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = ModelConfig(block_size=24, n_layer=1, n_head=2, n_embd=16, dropout=0.0, position="rope", norm="rms",
+                         activation="swiglu")
+    run = make_run(tmp_path / "run", config, char_tokenizer(), head_bias=False)
+    code, output = export(run, tmp_path / "m.gguf", capsys, "gguf")
+    assert code == 0, output
+    tensors, fields = read_gguf(tmp_path / "m.gguf")
+    state = {k: v.numpy() for k, v in load_run(run).model.state_dict().items()}
+    assert fields["general.architecture"] == "llama" and fields["llama.rope.dimension_count"] == 8
+    assert abs(fields["llama.attention.layer_norm_rms_epsilon"] - 1e-6) < 1e-12
+    # llama.cpp's llama graph rotates adjacent pairs, like quill: q rows stay in quill's order
+    q = np.concatenate([state[f"blocks.0.sa.heads.{h}.query.weight"] for h in range(2)])
+    np.testing.assert_array_equal(tensors["blk.0.attn_q.weight"], q)
+    np.testing.assert_array_equal(tensors["blk.0.ffn_gate.weight"], state["blocks.0.ffwd.gate.weight"])
+    np.testing.assert_array_equal(tensors["output_norm.weight"], state["ln_f.weight"])
+    alphabet = byte_alphabet()
+    assert fields["tokenizer.ggml.tokens"] == [alphabet[ord(c)] for c in char_tokenizer().chars]
+
+
+def test_gguf_refuses_what_llama_cpp_does_not_compute(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "run", ModelConfig(block_size=8, n_layer=1, n_head=1, n_embd=8), char_tokenizer())
+    code, output = export(run, tmp_path / "m.gguf", capsys, "gguf")
+    assert code == 2 and "activation relu" in one_error_line(output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
