@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 import pytest
@@ -53,13 +55,50 @@ def test_a_tiny_policy_learns_a_trivial_reward(tmp_path: Path, algorithm, center
     assert load_run(tmp_path / "out").step == 25  # the policy is a normal run
 
 
-def test_kl_penalty_keeps_the_policy_at_the_reference(tmp_path: Path):
+@torch.no_grad()
+def first_token_kl(policy: torch.nn.Module, reference: torch.nn.Module, run: LoadedRun) -> float:
+    """Exact KL(policy || reference) of the first reply token's distribution, averaged over fixed questions:
+    no sampling noise, unlike the per-step estimate the RL loop logs."""
+    from quillgpt.chat import prompt_ids
+    from quillgpt.tasks.questions import questions
+
+    total = 0.0
+    asked = questions("+-", 1, 20, 5, "train")
+    for q in asked:
+        ids = torch.tensor([prompt_ids(run.tokenizer, q.messages())])
+        logp = torch.log_softmax(policy.eval()(ids)[0][0, -1], -1)
+        ref_logp = torch.log_softmax(reference.eval()(ids)[0][0, -1], -1)
+        total += float((logp.exp() * (logp - ref_logp)).sum())
+    return total / len(asked)
+
+
+def drifted_policy_run(tmp_path: Path, algorithm, kl_coef: float) -> tuple[RLRun, float]:
+    """An RL run whose policy starts away from its reference (noise on the output bias), with zero reward:
+    the KL penalty is the only thing that can move it. Returns the run and the KL at the start."""
     run = tiny_chat_run(tmp_path)
-    config = RLConfig(digits=1, steps=3, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=2,
-                      lr=1e-2, eval_interval=100, eval_questions=5, out_dir=str(tmp_path / "out"))
-    rl = RLRun(run, config, GRPO, progress=False, reward=lambda asked, rollouts: torch.zeros(len(rollouts)))
+    config = RLConfig(digits=1, steps=12, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=2, lr=1e-2,
+                      warmup=1, kl_coef=kl_coef, eval_interval=100, eval_questions=5, out_dir=str(tmp_path / "out"))
+    rl = RLRun(run, config, algorithm, progress=False, reward=lambda asked, rollouts: torch.zeros(len(rollouts)))
+    with torch.no_grad():  # the reference is the frozen copy made above; only the policy moves
+        noise = torch.randn(rl.policy.lm_head.bias.shape, generator=torch.Generator().manual_seed(1))
+        rl.policy.lm_head.bias.add_(3.0 * noise)
+    return rl, first_token_kl(rl.policy, rl.reference, run)
+
+
+@pytest.mark.parametrize("algorithm", [GRPO, PPO])
+def test_kl_penalty_pulls_a_drifted_policy_back_to_the_reference(tmp_path: Path, algorithm):
+    rl, start = drifted_policy_run(tmp_path, algorithm, kl_coef=0.5)
     rl.train()
-    assert all(r["kl"] < 1e-3 for r in rl.log.read() if r["kind"] == "train")  # no reward signal: only the KL pulls
+    end = first_token_kl(rl.policy, rl.reference, rl.run)
+    assert start > 1.5  # far from the reference to begin with
+    assert end < 0.5 * start, (start, end)  # no reward signal: only the KL term pulled it back
+
+
+def test_without_a_kl_penalty_a_drifted_policy_stays_where_it_is(tmp_path: Path):
+    """The control for the test above: with kl_coef 0 and zero reward nothing pulls, nothing moves."""
+    rl, start = drifted_policy_run(tmp_path, GRPO, kl_coef=0.0)
+    rl.train()
+    assert first_token_kl(rl.policy, rl.reference, rl.run) == pytest.approx(start, rel=1e-4)
 
 
 def test_rollouts_batch_by_prompt_length_and_stop_at_end(tmp_path: Path):
@@ -81,19 +120,57 @@ def test_rollouts_batch_by_prompt_length_and_stop_at_end(tmp_path: Path):
     assert torch.allclose(rewards, torch.tensor([[0.0, -0.1, 0.9], [0.0, 0.0, 1.9]]))
 
 
-def test_reward_model_learns_to_rank_and_round_trips(tmp_path: Path):
+def parity_pairs(path: Path, count: int, seed: int = 0) -> Path:
+    """A JSONL file of pairs whose chosen reply is an even number and rejected one an odd number: a rule
+    a tiny model learns in tens of steps. Every number is used once, so a held-out pair's replies were
+    never trained on: ranking them right means the rule was learned, not the pairs."""
+    rng = random.Random(seed)
+    evens, odds = rng.sample(range(0, 2000, 2), count), rng.sample(range(1, 2000, 2), count)
+    path.write_text("".join(json.dumps({"prompt": f"What is {rng.randint(1, 99)} plus {rng.randint(1, 99)}?",
+                                        "chosen": str(even), "rejected": str(odd)}) + "\n"
+                            for even, odd in zip(evens, odds, strict=True)))
+    return path
+
+
+def test_reward_model_ranks_held_out_pairs_and_round_trips(tmp_path: Path):
+    from quillgpt.posttrain.reward import evaluate_pairs, split_pairs
+
     run = tiny_chat_run(tmp_path)
-    config = RewardConfig(ops="+", digits=2, val_pairs=30, steps=60, batch_size=32, lr=3e-3, eval_interval=30,
-                          out_dir=str(tmp_path / "rm"))
+    config = RewardConfig(data=str(parity_pairs(tmp_path / "pairs.jsonl", 400)), val_pairs=40, steps=60,
+                          batch_size=32, lr=3e-3, eval_interval=30, out_dir=str(tmp_path / "rm"))
+    trained_on, held_out = split_pairs(config)
+    assert len(held_out) == 40 and not {p.chosen for p in held_out} & {p.chosen for p in trained_on}
 
     summary = train_reward_model(run, config, progress=False)
-    assert summary["history"][-1]["train_loss"] < 0.69  # below chance: it learned something
+    assert summary["val_pairs"] == 40
+    assert summary["val_accuracy"] >= 0.9 and summary["val_margin"] > 1.0, summary  # chance: 50%, margin 0
     model, tokenizer = load_reward_model(tmp_path / "rm")
-    assert tokenizer == run.tokenizer and model.head.weight.abs().sum() > 0
+    assert tokenizer == run.tokenizer
+    assert evaluate_pairs(model, tokenizer, held_out)["accuracy"] == summary["val_accuracy"]  # saved, read back
     with pytest.raises(ConfigError):
         RewardConfig(steps=0).validate()
     with pytest.raises(ConfigError, match="cross_style is a share"):
         RewardConfig(cross_style=1.5).validate()
+
+
+def test_dpo_widens_the_chosen_over_rejected_margin_on_held_out_pairs(tmp_path: Path):
+    from quillgpt.metrics import MetricsLog
+    from quillgpt.posttrain.dpo import DPOConfig, describe_pairs, train_dpo
+
+    run = tiny_chat_run(tmp_path)
+    config = DPOConfig(data=str(parity_pairs(tmp_path / "pairs.jsonl", 400)), val_pairs=40, steps=20,
+                       batch_size=16, lr=3e-3, beta=0.1, eval_interval=10, eval_questions=5,
+                       out_dir=str(tmp_path / "dpo"))
+    summary = train_dpo(run, config, progress=False)
+    evals = [r for r in MetricsLog(tmp_path / "dpo" / "metrics.jsonl").read() if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 10, 20]
+    assert evals[0]["pair_margin"] == 0.0 and evals[0]["pair_accuracy"] == 0.5  # the policy starts as the reference
+    margins = [r["pair_margin"] for r in evals]
+    assert margins == sorted(margins) and margins[-1] > 0.3, margins  # widening, on pairs never trained on
+    assert summary["pair_accuracy"] >= 0.9 and summary["val_pairs"] == 40
+    assert (summary["start_pair_margin"], summary["pair_margin"]) == (0.0, margins[-1])
+    assert json.loads((tmp_path / "dpo" / "dpo.json").read_text())["summary"]["pair_margin"] == margins[-1]
+    assert "held-out pairs (40)" in describe_pairs(summary) and "50.00% -> " in describe_pairs(summary)
 
 
 def test_the_likelihood_term_is_the_replys_log_probability_and_round_trips(tmp_path: Path):
@@ -277,11 +354,12 @@ def test_reward_and_rl_commands(tmp_path: Path, capsys):
                      "--prompts-per-step", "2", "--samples-per-prompt", "2", "--minibatches", "1",
                      "--eval-questions", "5", "--out-dir", str(tmp_path / algorithm), "--no-progress"]) == 0
         out = capsys.readouterr().out
-        assert "held-out exact match" in out and "on held-out questions" in out
+        assert "validation exact match" in out and "on validation questions" in out
         assert ("target 0.5" in out) == (algorithm == "ppo")  # PPO's default KL target; GRPO has none
     assert main(["dpo", str(sft), "--digits", "2", "--steps", "2", "--batch-size", "4", "--val-pairs", "10",
                  "--eval-questions", "5", "--out-dir", str(tmp_path / "dpo"), "--no-progress"]) == 0
-    assert "KL to the reference" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "KL to the reference" in out and "held-out pairs (10): implicit-reward pairwise accuracy" in out
     assert main(["dpo", str(sft), "--cross-style", "2", "--out-dir", str(tmp_path / "dpo2")]) == 2  # the pair options
     assert "cross_style is a share" in capsys.readouterr().err  # are the reward model's, checked the same way
     assert load_run(tmp_path / "dpo").step == 2
