@@ -8,10 +8,21 @@
     POST /v1/inspect               attention weights of one layer/head and the top next tokens per position
 
 Requests are checked by hand, not by pydantic, so that every bad input gets a 4xx in the
-OpenAI error shape ``{"error": {"message", "type", "param", "code"}}`` (400 bad value,
-401 missing/wrong key, 404 unknown model or route, 413 body too large, 503 + Retry-After when
-the queue is full) and a 500 means a bug. Generation runs in ``Scheduler``'s worker thread;
-each request reads its tokens from an asyncio queue.
+OpenAI error shape ``{"error": {"message", "type", "param", "code"}}`` (400 bad value or Host,
+401 missing/wrong key, 404 unknown model or route, 413 body too large, 415 not JSON,
+503 + Retry-After when the queue is full) and a 500 means a bug (logged with a request id; the
+client sees only the id). Generation runs in ``Scheduler``'s worker thread; each request reads
+its tokens from an asyncio queue.
+
+Every field is bounded in what it costs, so one request cannot stall the event loop (and so
+``/health`` and every other client): at most 4 stop strings of at most ``max_stop_chars``
+characters, matched in time linear in the text; ``n`` and ``max_tokens`` capped; prompts
+× n at most ``max_queue``; a prompt longer than the context could hold is refused before it
+is tokenized, and tokenizing runs in a thread; ``/v1/inspect`` waits in the scheduler's queue.
+
+Browsers: JSON endpoints take only ``Content-Type: application/json`` (so a cross-site page
+cannot send a "simple" POST), no CORS headers are sent, and the Host header must name this
+server (localhost, the bound address or ``--allowed-host``), which defeats DNS rebinding.
 
 Context rule: the prompt (after tokenization, with the chat template for chat) must have at
 most block_size tokens, else 400 ``context_length_exceeded``. Generation may run past the
@@ -23,9 +34,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,9 +46,11 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from quillgpt.chat import ROLES, Message, end_id, has_chat_format, prompt_ids
 from quillgpt.checkpoint import LoadedRun
@@ -45,6 +60,10 @@ from quillgpt.serve.batching import RowParams
 from quillgpt.serve.scheduler import QueueFullError, Scheduler, Sequence
 from quillgpt.tokenizers import StreamDecoder, Tokenizer
 
+log = logging.getLogger("quillgpt.serve")
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # Host names always accepted
+
 
 @dataclass
 class ServeOptions:
@@ -53,9 +72,13 @@ class ServeOptions:
     max_queue: int = 128  # sequences waiting for a slot; beyond that: 503 + Retry-After
     max_tokens_cap: int = 1024  # the largest max_tokens a request may ask for
     max_n: int = 8  # choices per request
+    max_stops: int = 4  # stop strings per request (OpenAI's limit)
+    max_stop_chars: int = 256  # characters per stop string; the stream holds back this many - 1
     max_body_bytes: int = 1_000_000
     retry_after_s: int = 1
     model_name: str | None = None  # default: the run directory's name
+    bind_host: str | None = None  # the address the server listens on: also a valid Host header
+    allowed_hosts: tuple[str, ...] = ()  # more Host names to accept ("*": any)
 
 
 class APIError(Exception):
@@ -79,7 +102,17 @@ def error_response(status: int, message: str, kind: str, param: str | None = Non
 # ---------------------------------------------------------------------------------------
 
 
+def check_json_type(request: Request) -> None:
+    """Only JSON: a cross-site page can send text/plain or a form without asking (no CORS
+    preflight), but not application/json."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise APIError(415, f"the body must be JSON sent with 'Content-Type: application/json', got "
+                       f"{short(media or 'no Content-Type')!r}", code="unsupported_media_type")
+
+
 async def read_json(request: Request, cap: int) -> dict[str, Any]:
+    check_json_type(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise APIError(413, f"request body of {declared} bytes is larger than the limit of {cap} bytes",
@@ -91,8 +124,8 @@ async def read_json(request: Request, cap: int) -> dict[str, Any]:
             raise APIError(413, f"request body is larger than the limit of {cap} bytes", code="request_too_large")
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"could not parse the JSON body: {exc}", code="invalid_json") from None
+    except (ValueError, RecursionError) as exc:  # also: nesting too deep, an integer of > 4300 digits
+        raise APIError(400, f"could not parse the JSON body: {short(str(exc))}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "the JSON body must be an object", code="invalid_json")
     return data
@@ -106,20 +139,25 @@ def get_number(body: dict[str, Any], name: str, default: float | None, lo: float
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or not lo <= value <= hi:
         what = "an integer" if integer else "a number"
-        raise APIError(400, f"{name} must be {what} in [{lo}, {hi}], got {value!r}", param=name,
+        raise APIError(400, f"{name} must be {what} in [{lo}, {hi}], got {short(repr(value))}", param=name,
                        code="invalid_value")
     return value
 
 
-def get_stops(body: dict[str, Any]) -> list[str]:
+def short(text: str, limit: int = 80) -> str:
+    """A client's value as quoted in an error message: never the whole of a huge one."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def get_stops(body: dict[str, Any], max_stops: int, max_chars: int) -> list[str]:
     stop = body.get("stop")
     if stop is None:
         return []
     stops = [stop] if isinstance(stop, str) else stop
-    if (not isinstance(stops, list) or len(stops) > 4
-            or not all(isinstance(s, str) and s for s in stops)):
-        raise APIError(400, "stop must be a non-empty string or a list of up to 4 of them", param="stop",
-                       code="invalid_value")
+    if (not isinstance(stops, list) or len(stops) > max_stops
+            or not all(isinstance(s, str) and 0 < len(s) <= max_chars for s in stops)):
+        raise APIError(400, f"stop must be a string or a list of up to {max_stops} strings, each of 1 to "
+                       f"{max_chars} characters", param="stop", code="invalid_value")
     return stops
 
 
@@ -152,14 +190,15 @@ def read_sampling(body: dict[str, Any], options: ServeOptions, default_max_token
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise APIError(400, "stream_options must be an object", param="stream_options", code="invalid_value")
-    for unsupported in ("logprobs", "echo", "suffix", "best_of", "tools", "functions"):
+    for unsupported in ("logprobs", "echo", "suffix", "best_of", "tools", "functions", "logit_bias",
+                        "presence_penalty", "frequency_penalty"):
         value = body.get(unsupported)
         if value and not (unsupported == "best_of" and value == 1):
             raise APIError(400, f"{unsupported} is not supported by this server: leave it out", param=unsupported,
                            code="unsupported_parameter")
     params = RowParams(float(temperature), top_k, None if top_p >= 1 else float(top_p))
-    return Sampling(max_tokens, params, seed, n, get_stops(body), stream,
-                    bool(stream_options.get("include_usage", False)))
+    stops = get_stops(body, options.max_stops, options.max_stop_chars)
+    return Sampling(max_tokens, params, seed, n, stops, stream, bool(stream_options.get("include_usage", False)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,14 +208,24 @@ def read_sampling(body: dict[str, Any], options: ServeOptions, default_max_token
 
 @dataclass
 class Choice:
-    """The text of one choice as it streams: incremental UTF-8 decoding, then stop strings."""
+    """The text of one choice as it streams: incremental UTF-8 decoding, then stop strings.
+
+    Linear time: ``pending`` is never longer than the longest stop minus one plus the newest
+    token's text, and each token costs one ``find`` per stop over it. A stop string cannot
+    start in text already sent: that text was followed by at least longest-stop - 1 more
+    characters, all searched before it was sent.
+    """
 
     decoder: StreamDecoder
     stops: list[str]
-    pending: str = ""  # decoded, not yet sent: it might be the start of a stop string
+    pending: str = ""  # decoded, not yet sent: its tail might be the start of a stop string
     text: str = ""  # sent so far
     tokens: int = 0  # tokens that made up the text (up to and including one that completed a stop)
     finish_reason: str | None = None
+    hold: int = field(init=False)  # characters held back while streaming
+
+    def __post_init__(self) -> None:
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
 
     def feed(self, token: int) -> str:
         self.tokens += 1
@@ -195,8 +244,7 @@ class Choice:
         if hits:
             out, self.pending, self.finish_reason = self.pending[: min(hits)], "", "stop"
         else:
-            hold = 0 if final else max((k for s in self.stops for k in range(1, len(s))
-                                        if self.pending.endswith(s[:k])), default=0)
+            hold = 0 if final else min(self.hold, len(self.pending))
             out = self.pending[: len(self.pending) - hold]
             self.pending = self.pending[len(self.pending) - hold:]
         self.text += out
@@ -215,6 +263,11 @@ class Server:
     scheduler: Scheduler
     name: str
     created: int = field(default_factory=lambda: int(time.time()))
+    max_token_bytes: int = field(init=False)  # the longest token's UTF-8 bytes
+
+    def __post_init__(self) -> None:
+        t = self.run.tokenizer
+        self.max_token_bytes = max(4, *(len(t.token_bytes(i)) for i in range(t.vocab_size)))
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -242,6 +295,27 @@ class Server:
         if model != self.name:
             raise APIError(404, f"the model {model!r} does not exist: this server has {self.name!r}",
                            param="model", code="model_not_found")
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """No text longer than this fits the context: a token stands for at most
+        ``max_token_bytes`` bytes, so ``block_size`` tokens for at most this many characters."""
+        return self.scheduler.block_size * self.max_token_bytes
+
+    def check_chars(self, text: str, param: str) -> None:
+        """Refuse a prompt that cannot fit the context before paying to tokenize it."""
+        if len(text) > self.max_prompt_chars:
+            raise APIError(400, f"the prompt has {len(text)} characters, more than the model's context of "
+                           f"{self.scheduler.block_size} tokens can hold: shorten the prompt", param=param,
+                           code="context_length_exceeded")
+
+    def check_queue_room(self, sequences: int, param: str) -> None:
+        """A request for more sequences than the queue holds could never be served: 400, not 503."""
+        limit = self.options.max_queue
+        if sequences > limit:
+            raise APIError(400, f"this request asks for {sequences} sequences (prompts x n) but the server "
+                           f"queues at most {limit} (--max-queue): send fewer prompts or a smaller n",
+                           param=param, code="too_many_sequences")
 
     def encode(self, text: str, param: str) -> list[int]:
         try:
@@ -296,9 +370,7 @@ class Server:
         try:
             self.scheduler.submit(seqs)
         except QueueFullError as exc:
-            raise APIError(503, f"the server is busy ({exc}): retry after {self.options.retry_after_s} s",
-                           kind="server_error", code="queue_full",
-                           headers={"Retry-After": str(self.options.retry_after_s)}) from None
+            raise busy(exc, self.options.retry_after_s) from None
         open_choices = set(range(len(seqs)))
         checked = time.monotonic()
         try:
@@ -339,6 +411,42 @@ def sse(data: Any) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
+def host_name(host: str) -> str:
+    """The name in a Host header, lowercased, without its port: 'LocalHost:8000' -> 'localhost'."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        return host[: host.find("]") + 1] if "]" in host else host
+    if ":" in host and host.count(":") > 1:  # a bare IPv6 address (the form --host takes)
+        return f"[{host}]"
+    return host.partition(":")[0].rstrip(".")
+
+
+class HostCheck:
+    """Answer only requests whose Host header names this server: a web page whose DNS name is
+    rebound to 127.0.0.1 sends its own name as Host, so it is turned away (DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "*" not in self.allowed:
+            host = Headers(scope=scope).get("host", "")
+            if host_name(host) not in self.allowed:
+                response = error_response(400, f"the Host header {short(host)!r} does not name this server: use "
+                                          f"one of {', '.join(sorted(self.allowed))}, or start it with "
+                                          "--allowed-host NAME", "invalid_request_error", code="invalid_host")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def allowed_hosts(options: ServeOptions) -> frozenset[str]:
+    names = {*LOCAL_HOSTS, *(host_name(h) for h in options.allowed_hosts)}
+    if options.bind_host and options.bind_host not in ("0.0.0.0", "::", ""):
+        names.add(host_name(options.bind_host))
+    return frozenset(names)
+
+
 def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
     """A FastAPI app serving ``run``; its scheduler thread starts now and stops at shutdown."""
     options = options or ServeOptions()
@@ -354,6 +462,7 @@ def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
         scheduler.stop()
 
     app = FastAPI(title="quillgpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(HostCheck, allowed=allowed_hosts(options))
     app.state.server = server
     static = resources.files("quillgpt.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
@@ -369,7 +478,11 @@ def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+        # The details stay in the server's log: they may show paths, code or other requests' data.
+        request_id = "req-" + secrets.token_hex(8)
+        log.error("internal error in %s %s (%s)", request.method, request.url.path, request_id, exc_info=exc)
+        return error_response(500, f"internal error: the server's log has the details under {request_id}",
+                              "server_error", headers={"x-request-id": request_id})
 
     @app.get("/", include_in_schema=False)
     async def playground() -> FileResponse:
@@ -408,8 +521,12 @@ def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise APIError(400, "prompt must be a string or a non-empty list of strings", param="prompt",
                            code="invalid_value")
-        prompts = [server.encode(t, "prompt") for t in texts]
         sampling = read_sampling(body, options, default_max_tokens=16)
+        server.check_queue_room(len(texts) * sampling.n, "n" if len(texts) == 1 else "prompt")
+        for text in texts:
+            server.check_chars(text, "prompt")
+        # Bounded now, but a long prompt still takes a while to tokenize: not on the event loop.
+        prompts = await asyncio.to_thread(lambda: [server.encode(t, "prompt") for t in texts])
         return await respond(request, prompts, sampling, frozenset(), chat=False)
 
     @app.post("/v1/chat/completions")
@@ -421,13 +538,18 @@ def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
             raise APIError(400, f"{server.name} has no chat format (its tokenizer lacks the chat tokens): use "
                            "/v1/completions, or finetune it on conversations with quill sft",
                            param="messages", code="chat_not_supported")
-        messages = read_messages(body.get("messages"))
-        try:
-            ids = prompt_ids(server.tokenizer, messages)
-        except QuillError as exc:
-            raise APIError(400, str(exc), param="messages", code="invalid_prompt") from None
-        prompts = [server.check_length(ids, "messages")]
+        messages = read_messages(body.get("messages"), server.scheduler.block_size)
+        server.check_chars("".join(m.content for m in messages), "messages")
         sampling = read_sampling(body, options, default_max_tokens=256)
+        server.check_queue_room(sampling.n, "n")
+
+        def encode() -> list[int]:
+            try:
+                return server.check_length(prompt_ids(server.tokenizer, messages), "messages")
+            except QuillError as exc:
+                raise APIError(400, str(exc), param="messages", code="invalid_prompt") from None
+
+        prompts = [await asyncio.to_thread(encode)]
         return await respond(request, prompts, sampling, frozenset({end_id(server.tokenizer)}), chat=True)
 
     async def respond(request: Request, prompts: list[list[int]], sampling: Sampling, stop_ids: frozenset[int],
@@ -488,7 +610,7 @@ def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.post("/v1/inspect")
-    async def inspect_text(request: Request) -> dict[str, Any]:
+    async def inspect_text(request: Request) -> Response:
         server.check_key(request)
         body = await read_json(request, options.max_body_bytes)
         server.check_model(body)
@@ -499,38 +621,66 @@ def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
         layer = get_number(body, "layer", 0, 0, c.n_layer - 1, integer=True)
         head = get_number(body, "head", 0, 0, c.n_head - 1, integer=True)
         k = get_number(body, "top_k", 5, 1, 50, integer=True)
-        try:
-            ids = server.tokenizer.encode(text)
-        except QuillError as exc:
-            raise APIError(400, str(exc), param="text", code="invalid_prompt") from None
-        offset = max(0, len(ids) - c.block_size)  # longer than the context: its newest block_size tokens
-        ids = ids[offset:]
+        # Only the newest block_size tokens are shown: tokenize only a tail that surely holds them
+        # (twice what the context can hold, so the cut does not change the tokens kept).
+        cut = max(0, len(text) - 2 * server.max_prompt_chars)
+        text = text[cut:]
 
-        def work() -> dict[str, Any]:
-            with scheduler.model_lock:
-                seen = inspect(model, torch.tensor(ids, dtype=torch.long, device=model.lm_head.weight.device))
+        def work() -> bytes:  # in the scheduler's worker: queued and bounded like generation
+            try:
+                ids = server.tokenizer.encode(text)
+            except QuillError as exc:
+                raise APIError(400, str(exc), param="text", code="invalid_prompt") from None
+            offset = max(0, len(ids) - c.block_size)  # longer than the context: its newest block_size tokens
+            ids = ids[offset:]
+            seen = inspect(model, torch.tensor(ids, dtype=torch.long, device=model.lm_head.weight.device))
             top_ids, top_probs = top_alternatives(seen.probs, k)
             weights = seen.attention[layer, head]
-            return {
+            return json.dumps({
                 "model": server.name, "layer": layer, "head": head, "n_layer": c.n_layer, "n_head": c.n_head,
-                "offset": offset, "token_ids": ids, "tokens": [token_text(server.tokenizer, i) for i in ids],
+                "offset": offset, "truncated_chars": cut, "token_ids": ids,
+                "tokens": [token_text(server.tokenizer, i) for i in ids],
                 "attention": [[round(w, 4) for w in row[: t + 1]] for t, row in enumerate(weights.tolist())],
                 # P(token t | tokens before it), for t >= 1: how expected each token on screen was.
                 "token_probs": [None] + [round(seen.probs[t - 1, ids[t]].item(), 4) for t in range(1, len(ids))],
                 "alternatives": [[{"token": token_text(server.tokenizer, i), "id": i, "prob": round(p, 4)}
                                   for i, p in zip(row_ids, row_probs, strict=True)]
                                  for row_ids, row_probs in zip(top_ids, top_probs, strict=True)],
-            }
+            }).encode()
 
-        return await asyncio.to_thread(work)
+        try:
+            future = scheduler.call(work)
+        except QueueFullError as exc:
+            raise busy(exc, options.retry_after_s) from None
+        return Response(await wait_for_job(request, future), media_type="application/json")
 
     return app
 
 
-def read_messages(raw: Any) -> list[Message]:
+async def wait_for_job(request: Request, future: Future[Any]) -> Any:
+    """The result of a scheduler job; a client that hangs up meanwhile cancels it (if not yet started)."""
+    waiting = asyncio.wrap_future(future)
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=0.25)
+        if done:
+            return waiting.result()
+        if await request.is_disconnected():
+            future.cancel()
+            return b""  # nobody reads it
+
+
+def busy(exc: QueueFullError, retry_after_s: int) -> APIError:
+    return APIError(503, f"the server is busy ({exc}): retry after {retry_after_s} s", kind="server_error",
+                    code="queue_full", headers={"Retry-After": str(retry_after_s)})
+
+
+def read_messages(raw: Any, block_size: int) -> list[Message]:
     if not isinstance(raw, list) or not raw:
         raise APIError(400, "messages must be a non-empty list of {role, content} objects", param="messages",
                        code="invalid_value")
+    if len(raw) > block_size:  # each message takes at least one token (its role)
+        raise APIError(400, f"{len(raw)} messages cannot fit the model's context of {block_size} tokens",
+                       param="messages", code="context_length_exceeded")
     messages = []
     for i, item in enumerate(raw):
         content = item.get("content") if isinstance(item, dict) else None

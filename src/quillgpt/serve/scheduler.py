@@ -18,6 +18,10 @@ run past block_size with between block_size // 2 and block_size tokens of contex
 
 Each token is handed to the sequence's ``emit`` callback from the worker thread; the server
 turns that into an asyncio queue per request.
+
+Other work on the model (the playground's ``/v1/inspect``) goes through ``call``: it waits in
+the same bounded queue and runs in the worker between steps, so it shares generation's limit
+on waiting work and never runs beside a step.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,6 +83,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.stats = Stats()
         self._waiting: deque[Sequence] = deque()
+        self._jobs: deque[tuple[Callable[[], Any], Future[Any]]] = deque()  # see call()
         self._active: list[Sequence] = []
         self._cache: RaggedKVCache | None = None
         self._next: list[int] = []  # per active row: the drawn token not yet in the cache
@@ -103,14 +110,27 @@ class Scheduler:
     def submit(self, sequences: list[Sequence]) -> None:
         """Queue sequences (all or none): raise QueueFullError when they do not fit."""
         with self._wake:
-            if len(self._waiting) + len(sequences) > self.max_queue:
-                raise QueueFullError(f"{len(self._waiting)} sequences are already waiting (limit {self.max_queue})")
+            self._check_room(len(sequences))
             self._waiting.extend(sequences)
             self._wake.notify()
 
+    def call(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` in the worker between steps (with the model lock); it counts as one waiting
+        item against ``max_queue`` (QueueFullError when full). The future holds its result."""
+        future: Future[Any] = Future()
+        with self._wake:
+            self._check_room(1)
+            self._jobs.append((fn, future))
+            self._wake.notify()
+        return future
+
+    def _check_room(self, n: int) -> None:
+        if self.waiting + n > self.max_queue:
+            raise QueueFullError(f"{self.waiting} sequences are already waiting (limit {self.max_queue})")
+
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._jobs)
 
     @property
     def active(self) -> int:
@@ -122,12 +142,18 @@ class Scheduler:
         torch.set_grad_enabled(False)  # per thread: the worker never needs autograd
         while True:
             with self._wake:
-                while not self._stopping and not self._waiting and not self._active:
+                while not self._stopping and not self._waiting and not self._active and not self._jobs:
                     self._wake.wait()
                 if self._stopping:
                     break
                 room = self.max_batch - len(self._active)
                 admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                jobs = list(self._jobs)
+                self._jobs.clear()
+            for fn, future in jobs:
+                self._run_job(fn, future)
+            if not admitted and not self._active:
+                continue
             try:
                 with self.model_lock:
                     self._step(admitted)
@@ -138,6 +164,19 @@ class Scheduler:
                 self._active, self._next, self._cache = [], [], None
         for seq in list(self._waiting) + self._active:
             self._finish(seq, "cancelled")
+        for _, future in self._jobs:
+            future.cancel()
+
+    def _run_job(self, fn: Callable[[], Any], future: Future[Any]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            with self.model_lock:
+                result = fn()
+        except BaseException as exc:  # the caller sees it (a 400 for bad input, a 500 for a bug)
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
     def _step(self, admitted: list[Sequence]) -> None:
         self._drop_finished()
