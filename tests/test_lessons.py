@@ -1,5 +1,6 @@
 """The lessons (quillgpt.lessons): their numbers, and each command run once as a user would."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from quillgpt.cli import main
 from quillgpt.errors import ConfigError
 from quillgpt.lessons import attention, bigram, norms
 from quillgpt.lessons.norms import BatchNorm1d
+from quillgpt.models.attention import Head
 
 
 def quill(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -107,3 +109,60 @@ def test_attention_heatmap_command(tmp_path: Path, text_file: Path, monkeypatch:
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert fragment in err and "Traceback" not in err
+
+
+def test_a_lesson_is_ok_only_when_every_check_passes(text_file: Path) -> None:
+    results = [attention.run(verbose=False), norms.run(verbose=False), bigram.run(str(text_file), steps=50,
+                                                                                 verbose=False)]
+    assert all(r.ok and all(r.checks.values()) for r in results)
+    r = results[0]
+    for field in ("first_three_agree", "attention_causal", "attention_rows_sum_to_one", "matches_library_head"):
+        assert not dataclasses.replace(r, **{field: False}).ok, field  # each check counts
+    assert not dataclasses.replace(results[1], layernorm_max_diff=1e-3).ok
+    b = results[2]
+    assert not dataclasses.replace(b, learned_train=b.counting_train_optimum - 0.01).ok  # beat the optimum?
+    assert not dataclasses.replace(b, learned_train=b.uniform_loss + 0.01).ok  # learned nothing
+    assert not dataclasses.replace(b, counting_train_optimum=b.uniform_loss).ok
+
+
+class _OffHead(Head):
+    """quillgpt's Head, off by a little: what a bug in models/attention.py would look like to the lesson."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 1.01
+
+
+def _self_only(size: int) -> torch.Tensor:
+    return torch.eye(size)  # version 3's weights, wrong: each position attends to itself only
+
+
+def _loose_layernorm(dim: int) -> torch.nn.Module:
+    return torch.nn.LayerNorm(dim, eps=1e-2)  # not models/gpt.py's LayerNorm1d, and not torch's default
+
+
+_count_matrix = bigram.count_matrix
+
+
+def _transposed_counts(ids: np.ndarray, vocab_size: int) -> torch.Tensor:
+    return _count_matrix(ids, vocab_size).T  # N[b, a] where N[a, b] belongs: a wrong "optimum"
+
+
+def _untrained(train_ids: np.ndarray, vocab_size: int, *args: object, **kwargs: object) -> torch.nn.Module:
+    return bigram.BigramLanguageModel(bigram.ModelConfig(arch="bigram", vocab_size=vocab_size, block_size=8,
+                                                         n_layer=1, n_head=1, n_embd=1, dropout=0.0))
+
+
+@pytest.mark.parametrize(("lesson", "module", "name", "broken", "message"), [
+    ("attention", attention, "Head", _OffHead, "self-attention equals quillgpt's Head"),
+    ("attention", attention, "softmax_matrix", _self_only, "versions 1, 2, 3 agree"),
+    ("norms", norms, "LayerNorm1d", _loose_layernorm, "BatchNorm1d and LayerNorm1d match torch.nn"),
+    ("bigram", bigram, "count_matrix", _transposed_counts, "no bigram model beats the unsmoothed counts on train"),
+    ("bigram", bigram, "train_embedding_bigram", _untrained, "the learned bigram beats a uniform guess"),
+], ids=["library-head", "softmax-weights", "layernorm", "counts", "training"])
+def test_a_lesson_whose_check_fails_exits_1_naming_it(lesson: str, module: object, name: str, broken: object,
+                                                      message: str, text_file: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(module, name, broken)
+    extra = ["--text", str(text_file), "--steps", "50"] if lesson == "bigram" else []
+    assert main(["lesson", lesson, *extra]) == 1
+    assert f"quill: lesson {lesson}: check failed: {message}\n" in capsys.readouterr().err

@@ -42,6 +42,18 @@ class AttentionLesson:
     max_weight_unscaled: float  # mean over rows of the largest softmax weight
     max_weight_scaled: float
 
+    @property
+    def checks(self) -> dict[str, bool]:
+        """What the lesson claims and verifies; any False is a bug (``quill lesson`` exits 1)."""
+        return {"versions 1, 2, 3 agree": self.first_three_agree,
+                "self-attention is causal": self.attention_causal,
+                "attention rows sum to 1": self.attention_rows_sum_to_one,
+                "self-attention equals quillgpt's Head": self.matches_library_head}
+
+    @property
+    def ok(self) -> bool:
+        return all(self.checks.values())
+
 
 def xbow_loops(x: torch.Tensor) -> torch.Tensor:
     """Version 1: xbow[b, t] = mean of x[b, 0..t], with two Python loops."""

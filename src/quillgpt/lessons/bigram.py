@@ -47,6 +47,23 @@ class BigramLesson:
     steps: int
     seconds: float
 
+    @property
+    def checks(self) -> dict[str, bool]:
+        """What the lesson claims and verifies; any False is a bug (``quill lesson`` exits 1).
+
+        The unsmoothed counts are the maximum-likelihood bigram model of the train split, so no
+        table of logits, however trained, gets a lower train loss (up to rounding); and even a few
+        steps at the default learning rate leave a uniform guess behind.
+        """
+        return {"counting beats a uniform guess": self.counting_train_optimum < self.uniform_loss,
+                "no bigram model beats the unsmoothed counts on train":
+                    self.learned_train >= self.counting_train_optimum - 1e-9,
+                "the learned bigram beats a uniform guess": self.learned_train < self.uniform_loss}
+
+    @property
+    def ok(self) -> bool:
+        return all(self.checks.values())
+
 
 def count_matrix(ids: np.ndarray, vocab_size: int) -> torch.Tensor:
     """N[a, b]: how often token b follows token a (all pairs counted at once with bincount)."""

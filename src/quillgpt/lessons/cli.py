@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +17,24 @@ from quillgpt.errors import ConfigError
 
 
 def cmd_lesson(args: argparse.Namespace) -> int:
+    result: Any
     if args.lesson == "attention":
         from quillgpt.lessons import attention
 
         result = attention.run(seed=args.seed)
-        ok = result.first_three_agree and result.attention_causal and result.attention_rows_sum_to_one
     elif args.lesson == "norms":
         from quillgpt.lessons import norms
 
-        ok = norms.run(seed=args.seed).all_match
+        result = norms.run(seed=args.seed)
     else:
         from quillgpt.lessons import bigram
 
-        bigram.run(args.text, args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-        ok = True
-    return 0 if ok else 1  # a lesson whose checks fail is a bug: say so in the exit code
+        result = bigram.run(args.text, args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            seed=args.seed)
+    failed = [name for name, passed in result.checks.items() if not passed]
+    for name in failed:
+        print(f"quill: lesson {args.lesson}: check failed: {name}", file=sys.stderr)
+    return 1 if failed else 0  # a lesson whose checks fail is a bug: say so in the exit code
 
 
 def cmd_attention(args: argparse.Namespace) -> int:

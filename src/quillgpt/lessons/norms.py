@@ -67,6 +67,15 @@ class NormsLesson:
         return max(self.batchnorm_max_diff, self.running_stats_max_diff, self.batchnorm_eval_max_diff,
                    self.layernorm_max_diff) < 1e-5
 
+    @property
+    def checks(self) -> dict[str, bool]:
+        """What the lesson verifies; any False is a bug (``quill lesson`` exits 1)."""
+        return {"BatchNorm1d and LayerNorm1d match torch.nn": self.all_match}
+
+    @property
+    def ok(self) -> bool:
+        return all(self.checks.values())
+
 
 def _relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """Largest |a - b| relative to |b| (absolute below 1): the running variances reach ~100 here."""
