@@ -22,6 +22,15 @@ def _last_eval(run: LoadedRun) -> dict[str, Any]:
     return last if isinstance(last, dict) else {}
 
 
+def _finetuned_from(run: LoadedRun) -> str:
+    """", finetuned from RUN (step N)" for a run started with --init-from or quill sft (init.json)."""
+    try:
+        init = json.loads((run.run_dir / "init.json").read_text())
+        return f", finetuned from {init['run']} (step {init['step']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def model_card(run: LoadedRun, arch: str, max_logit_diff: float, export_command: str) -> str:
     c = run.config
     m = c.model
@@ -47,7 +56,7 @@ def model_card(run: LoadedRun, arch: str, max_logit_diff: float, export_command:
         "",
         f"# {run.run_dir.name}",
         "",
-        f"A {params:,}-parameter GPT trained from scratch with quillgpt, exported to the {ARCH_NAMES[arch]}.",
+        f"A {params:,}-parameter GPT trained with quillgpt, exported to the {ARCH_NAMES[arch]}.",
         f"{m.n_layer} layers, {m.n_head} heads, {m.n_embd} wide, context {m.block_size} tokens; {flags}.",
         f"Tokenizer: {run.tokenizer.describe()}." + (" Chat model: use `tokenizer.apply_chat_template`; "
                                                      "replies end with `<|end|>`." if c.chat.enabled else ""),
@@ -56,7 +65,7 @@ def model_card(run: LoadedRun, arch: str, max_logit_diff: float, export_command:
         "",
         f"- data: {dataset}" + (f" ({source.get('name')}, {source.get('chars', '?'):,} characters, sha256 "
                                 f"{str(source.get('sha256'))[:12]}...)" if source.get("name") else ""),
-        f"- steps: {run.step} (batch {c.train.batch_size} x {m.block_size} tokens)",
+        f"- steps: {run.step} (batch {c.train.batch_size} x {m.block_size} tokens)" + _finetuned_from(run),
         f"- val loss: {fmt(val_loss)} nats/token; bits per character: {fmt(bpc)}",
         "",
         "## Commands that made it",
