@@ -20,8 +20,10 @@ from quillgpt.tasks.arithmetic import (
     answer_text,
     batch,
     check_steps,
+    encode,
     parse_answer,
     problems,
+    prompt_text,
     readable_step,
     sample_text,
 )
@@ -77,12 +79,40 @@ def test_generators_are_deterministic_and_splits_disjoint() -> None:
     assert all(p.b >= 1 for p in problems("/", 2, 200, seed=3))
 
 
+def expected_targets(problem: Problem, fmt: str, offset: int, shift: int, width: int) -> list[int]:
+    """A row's targets worked out by hand: IGNORE while the next character is the prompt's (or a leading
+    newline's), then every character of the answer and its closing newline, then IGNORE over the padding."""
+    prompt = "\n" * shift + prompt_text(problem, fmt, offset)
+    targets = [IGNORE] * (len(prompt) - 1) + encode(answer_text(problem, fmt, offset) + "\n")
+    return targets + [IGNORE] * (width - len(targets))
+
+
+# Every operator in every format (calc runs ask all four; division answers carry a remainder), answers of
+# different lengths (a 1-character answer, a negative one, a long chain of thought) in one padded batch.
+MASK_PROBLEMS = [Problem(0, "+", 0), Problem(7, "+", 5), Problem(85, "-", 123), Problem(999, "-", 1),
+                 Problem(12, "*", 34), Problem(907, "*", 8), Problem(157, "/", 4), Problem(6, "/", 7)]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_loss_mask_is_exactly_the_answer_and_its_newline(fmt: str) -> None:
+    plain = [(0, 0)] * len(MASK_PROBLEMS)
+    shifted = [(i % 4, 3 * i) for i in range(len(MASK_PROBLEMS))]  # the hinted format's training rows
+    for randomness in ([plain, shifted] if fmt == "hinted" else [plain]):
+        x, y = batch(MASK_PROBLEMS, fmt, block_size=96, randomness=randomness if fmt == "hinted" else None)
+        width = y.size(1)
+        for row, (problem, (offset, shift)) in enumerate(zip(MASK_PROBLEMS, randomness, strict=True)):
+            assert y[row].tolist() == expected_targets(problem, fmt, offset, shift, width), (fmt, problem)
+            text = "\n" * shift + sample_text(problem, fmt, offset)
+            assert x[row].tolist() == encode(text[:-1].ljust(width, "\n"))  # the sample, padded with newlines
+
+
 def test_masked_positions_contribute_zero_gradient() -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=len(ALPHABET), block_size=32, n_layer=1, n_head=2, n_embd=16,
                                     dropout=0.0))
-    x, y = batch(problems("+", 3, 8, seed=0), "reversed", block_size=32)
-    assert (y[:, :6] == IGNORE).any() and (y != IGNORE).any()
+    examples = problems("+", 3, 8, seed=0)
+    x, y = batch(examples, "reversed", block_size=32)
+    assert y.tolist() == [expected_targets(p, "reversed", 0, 0, y.size(1)) for p in examples]
     logits, _ = model(x)
     logits.retain_grad()
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
@@ -145,5 +175,6 @@ def test_hinted_training_rows_start_anywhere_with_any_hint_offset() -> None:
             a, b = (int("".join(c for c in part if c.isdigit())) for part in prompt.split("+"))
             assert parse_answer(answer, "+", "hinted") == (a + b, None)
             answer_positions = [i for i, t in enumerate(targets) if t != IGNORE]
-            assert answer_positions[0] == len(text) - len(body) + len(prompt)  # loss on the answer only
+            first = len(text) - len(body) + len(prompt)  # loss on the answer and its newline only
+            assert answer_positions == list(range(first, first + len(answer.split("\n")[0]) + 1))
     assert len(starts) > 10 and len(first_hints) > 5

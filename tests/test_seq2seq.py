@@ -7,7 +7,7 @@ import torch
 
 from quillgpt.cli import main
 from quillgpt.errors import ConfigError
-from quillgpt.lessons.seq2seq import BOS, EOS, PAD, Seq2SeqTask, held_out, train
+from quillgpt.lessons.seq2seq import BOS, EOS, PAD, TASKS, Seq2SeqTask, exact_match, held_out, train
 from quillgpt.models.seq2seq import CrossAttention, Seq2SeqConfig, Seq2SeqTransformer
 
 
@@ -104,11 +104,38 @@ def test_bad_task_options() -> None:
         held_out(Seq2SeqTask(min_len=1, max_len=1, letters=3), 3, seed=0)
 
 
-def test_tiny_training_lowers_the_loss() -> None:
+def test_tiny_training_learns_to_reverse_held_out_strings() -> None:
     task = Seq2SeqTask("reverse", 1, 3, letters=4)
     result = train(task, steps=80, batch_size=32, n_embd=32, n_layer=1, n_test=20, verbose=False)
     assert result.final_loss < 0.6 * result.first_loss
-    assert 0.0 <= result.accuracy <= 1.0 and result.n_test == 20
+    # 20 of the 84 strings are held out; an untrained model gets ~none (measured: 19/20 after 80 steps).
+    assert result.accuracy >= 0.8 and result.n_test == 20
+
+
+class Answers(torch.nn.Module):
+    """A 'model' whose greedy answers are given: the truth, or the truth with its last letter changed."""
+
+    def __init__(self, task: Seq2SeqTask, wrong: bool) -> None:
+        super().__init__()
+        self.task, self.wrong = task, wrong
+
+    def greedy_decode(self, src: torch.Tensor, bos: int, eos: int, max_len: int) -> torch.Tensor:
+        out = torch.full((src.size(0), max_len), PAD, dtype=torch.long)
+        for row, ids in enumerate(src.tolist()):
+            answer = TASKS[self.task.task](self.task.decode([i for i in ids if i != PAD]))
+            if self.wrong:
+                letters = self.task.alphabet
+                answer = answer[:-1] + letters[(letters.index(answer[-1]) + 1) % len(letters)]
+            out[row, : len(answer) + 1] = torch.tensor([*self.task.encode(answer), eos])
+        return out
+
+
+def test_exact_match_scores_known_answers() -> None:
+    task = Seq2SeqTask("reverse", 1, 4, letters=5)
+    strings = held_out(task, 30, seed=0)
+    assert exact_match(Answers(task, wrong=False), task, strings, batch_size=7)[0] == 1.0
+    accuracy, rows = exact_match(Answers(task, wrong=True), task, strings, batch_size=7)
+    assert accuracy == 0.0 and [s for s, _, _ in rows] == strings
 
 
 def test_seq2seq_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

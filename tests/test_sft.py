@@ -103,15 +103,16 @@ def test_a_share_of_the_demonstrations_shows_its_work(share: float):
 
 
 def test_only_the_assistants_tokens_get_a_gradient():
-    data = ChatDataset(ChatConfig(chat_data="arithmetic", chat_val=20))
+    data = ChatDataset(ChatConfig(chat_data="arithmetic", chat_val=20, chat_worked=0.5))
     x, y = data.batches("train", 8, 64, seed=0).next()
     end = data.tokenizer.special_ids["<|end|>"]
     assistant = data.tokenizer.special_ids["<|assistant|>"]
     for row_x, row_y in zip(x.tolist(), y.tolist(), strict=True):
         start = row_x.index(assistant)
-        assert all(t == IGNORE for t in row_y[:start])  # the question and the role tokens: no loss
-        trained = [t for t in row_y[start:] if t != IGNORE]
-        assert trained[-1] == end and well_formed(data.tokenizer.decode(trained[:-1]))
+        reply = (row_x[start + 1:] + [end])[: (row_x[start + 1:] + [end]).index(end)]  # up to <|end|> or padding
+        assert well_formed(data.tokenizer.decode(reply))
+        # Exactly the reply and its <|end|> are targets: not the question, the role tokens or the padding.
+        assert row_y == [IGNORE] * start + reply + [end] + [IGNORE] * (len(row_y) - start - len(reply) - 1)
     model = build_model(ModelConfig(vocab_size=data.tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2,
                                     n_embd=32, dropout=0.0))
     logits = model(x)[0]
@@ -120,6 +121,28 @@ def test_only_the_assistants_tokens_get_a_gradient():
     per_position = logits.grad.abs().sum(-1)
     assert (per_position[y == IGNORE] == 0).all()
     assert (per_position[y != IGNORE] > 0).all()
+
+
+def test_a_conversation_trains_exactly_each_assistant_reply_and_its_end():
+    from quillgpt.chat import Message, encode_conversation
+    from quillgpt.posttrain.sft import conversation_rows
+
+    tokenizer = ChatDataset(ChatConfig(chat_data="arithmetic")).tokenizer
+    special = tokenizer.special_ids
+    turns = [("system", "Add."), ("user", "What is 1 plus 2?"), ("assistant", "3"), ("user", "What is 20 plus 2?"),
+             ("assistant", "units first 22, so 22")]
+    ids, trained = [], []
+    for role, text in turns:  # by hand: a role token, the text, <|end|>; the text and <|end|> of a reply trained
+        part = [special[f"<|{role}|>"], *tokenizer.encode(text), special["<|end|>"]]
+        ids += part
+        trained += [None] + part[1:] if role == "assistant" else [None] * len(part)
+    short = [Message(role, text) for role, text in turns[:3]]
+    x, y = conversation_rows([encode_conversation(tokenizer, [Message(r, t) for r, t in turns]),
+                              encode_conversation(tokenizer, short)], 96, special["<|end|>"])
+    assert x[0].tolist() == ids[:-1]
+    assert y[0].tolist() == [IGNORE if t is None else t for t in trained[1:]]
+    n = len(encode_conversation(tokenizer, short).ids) - 1  # the shorter row: padded, the padding ignored
+    assert y[1].tolist() == [IGNORE if t is None else t for t in trained[1:n + 1]] + [IGNORE] * (len(ids) - 1 - n)
 
 
 def test_jsonl_conversations_split_and_block_size_message(tmp_path: Path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,10 @@ from quillgpt.checkpoint import load_run
 from quillgpt.cli import main
 from quillgpt.config import preset
 from quillgpt.errors import ConfigError, DataError
-from quillgpt.tasks.arithmetic import IGNORE
+from quillgpt.tasks.arithmetic import ALPHABET, HINTS, IGNORE, Problem, answer_text, encode, prompt_text
 from quillgpt.tasks.dataset import ArithmeticDataset, open_dataset
 from quillgpt.train import Trainer
+from test_task_evaluate import Oracle
 
 SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--batch-size", "16", "--eval-iters", "2",
          "--train-examples", "200", "--eval-examples", "50", "--digits", "2", "--no-progress"]
@@ -57,12 +60,35 @@ def test_too_many_held_out_problems_is_a_config_error() -> None:
         ArithmeticDataset(config)
 
 
-def test_only_answer_tokens_are_trained_on(tmp_path: Path) -> None:
-    trainer = Trainer(small_config(), open_dataset(small_config()), tmp_path / "run", progress=False)
-    x, y = trainer.train_batches.next()
-    prompt_chars = sum(c in "0123456789+" for c in "12+34")  # before "=": never a target
-    assert (y[:, : prompt_chars - 2] == IGNORE).all()
-    assert ((y != IGNORE).sum(1) >= 2).all()  # at least one answer digit and the newline
+def expected_row(inputs: list[int], fmt: str) -> tuple[list[int], list[int]]:
+    """What a training row must be, worked out from the problem it shows: (inputs, targets). The inputs are
+    the sample (after any leading newlines) without its last character, padded with newlines; the targets
+    are IGNORE until the last prompt character, then the answer and its closing newline, then IGNORE."""
+    text = "".join(ALPHABET[i] for i in inputs)
+    body = text.lstrip("\n")
+    shift = len(text) - len(body)
+    a, op, b = re.match(r"([a-j\d]+)([-+*/])([a-j\d]+)=", body).groups()
+    offset = HINTS.index(a[-2]) if fmt == "hinted" else 0  # the hint on the units digit
+    problem = Problem(int(re.sub("[a-j]", "", a)), op, int(re.sub("[a-j]", "", b)))
+    prompt, answer = "\n" * shift + prompt_text(problem, fmt, offset), answer_text(problem, fmt, offset) + "\n"
+    width = len(inputs)
+    targets = [IGNORE] * (len(prompt) - 1) + encode(answer)
+    return encode((prompt + answer)[:-1].ljust(width, "\n")), targets + [IGNORE] * (width - len(targets))
+
+
+@pytest.mark.parametrize("name", ["add3-reversed", "add3-plain", "add3-hinted", "mul2-scratchpad", "calc3"])
+def test_only_answer_tokens_are_trained_on(name: str) -> None:
+    config = preset(name)
+    if config.arithmetic.train_examples:
+        config.arithmetic.train_examples = 300  # drawn faster; calc3 draws fresh problems (0) and keeps that
+    data = ArithmeticDataset(config.arithmetic)
+    ops = set()
+    for split in ("train", "val"):
+        x, y = data.batches(split, 32, config.model.block_size, seed=0).next()
+        for inputs, targets in zip(x.tolist(), y.tolist(), strict=True):
+            assert (inputs, targets) == expected_row(inputs, config.arithmetic.format)
+            ops |= set(re.match(r"\n*[a-j\d]+([-+*/])", "".join(ALPHABET[i] for i in inputs)).groups())
+    assert ops == set(config.arithmetic.ops)  # calc3: rows of all four operators were checked
 
 
 def test_a_task_run_learns_and_resumes_bitwise_identically(tmp_path: Path) -> None:
@@ -95,20 +121,61 @@ def test_train_prints_held_out_accuracy(tmp_path: Path, capsys: pytest.CaptureFi
     assert "held-out accuracy (50 problems of the val set)" in out and "quill task eval" in out
 
 
-def test_task_eval_reports_accuracy(task_run: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["task", "eval", str(task_run), "--n", "40", "--eval-seed", "9", "--json"]) == 0
+class Silent(torch.nn.Module):
+    """A 'model' that ends every answer at once (writes the newline): no answer at all."""
+
+    block_size = 128
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        logits = torch.full((*idx.shape, len(ALPHABET)), -1e9)
+        logits[..., ALPHABET.index("\n")] = 0.0
+        return logits, None
+
+
+def answer_with(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module) -> None:
+    """quill task eval and quill calc load the run as usual, then answer with ``model`` instead of its own."""
+    import quillgpt.tasks.cli as task_cli
+
+    load = task_cli.load_run
+    monkeypatch.setattr(task_cli, "load_run", lambda *args, **kwargs: dataclasses.replace(load(*args, **kwargs),
+                                                                                          model=model))
+
+
+EVERY_2_DIGIT_SUM = frozenset(f"{a}+{b}=" for a in range(100) for b in range(100))
+
+
+def test_task_eval_reports_accuracy(task_run: Path, capsys: pytest.CaptureFixture,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["task", "eval", str(task_run), "--n", "40", "--eval-seed", "9", "--json"]
+    assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 40 and report["eval_seed"] == 9 and report["digits"] == 2
-    assert 0.0 <= report["accuracy"] <= 1.0 and sum(v["n"] for v in report["by_length"].values()) == 40
+    assert sum(v["n"] for v in report["by_length"].values()) == 40
+    assert report["accuracy"] == sum(v["correct"] for v in report["by_length"].values()) / 40
     assert main(["task", "eval", str(task_run), "--n", "40"]) == 0
     assert "exact =" in capsys.readouterr().out
+    # The scoring, with models whose answers are known: all right, then all wrong (every digit off by one).
+    answer_with(monkeypatch, Oracle("reversed"))
+    assert main(args) == 0
+    perfect = json.loads(capsys.readouterr().out)
+    assert perfect["accuracy"] == 1.0 and perfect["wrong_examples"] == []
+    answer_with(monkeypatch, Oracle("reversed", botch=EVERY_2_DIGIT_SUM))
+    assert main(args) == 0
+    botched = json.loads(capsys.readouterr().out)
+    assert botched["accuracy"] == 0.0 and len(botched["wrong_examples"]) == 10
 
 
-def test_calc_answers_and_says_whether_python_agrees(task_run: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["calc", str(task_run), "12+34"])
-    out = capsys.readouterr().out
-    assert out.startswith("12+34=") and ("correct" in out or "WRONG" in out or "not an answer" in out)
-    assert code == (0 if "(correct)" in out else 1)
+@pytest.mark.parametrize(("model", "out", "code"), [
+    (Oracle("reversed"), "12+34=46  (correct)\n", 0),
+    (Oracle("reversed", botch={"12+34="}), "12+34=57  (WRONG, Python says 46)\n", 1),  # wrote 75: 57 reversed
+    (Silent(), "12+34=?  (the model wrote '', not an answer; Python: 46)\n", 1),
+], ids=["right", "wrong", "no-answer"])
+def test_calc_answers_and_says_whether_python_agrees(task_run: Path, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module,
+                                                     out: str, code: int) -> None:
+    answer_with(monkeypatch, model)
+    assert main(["calc", str(task_run), "12+34"]) == code
+    assert capsys.readouterr().out == out
 
 
 @pytest.mark.parametrize(("argv", "message"), [
