@@ -183,7 +183,7 @@ def test_calc_answers_and_says_whether_python_agrees(task_run: Path, capsys: pyt
     (["calc", "{run}", "3 plus 4"], "cannot read"),
     (["task", "eval", "{run}", "--task", "mul"], "not on *"),
     (["task", "eval", "{run}", "--task", "pow"], "unknown task"),
-    (["task", "eval", "{run}", "--n", "0"], "--n and --digits"),
+    (["task", "eval", "{run}", "--n", "0"], "--n must be >= 1, got 0"),
 ])
 def test_task_commands_refuse_with_one_line(task_run: Path, capsys: pytest.CaptureFixture, argv: list[str],
                                             message: str) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -32,7 +33,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from quillgpt import distributed
+from quillgpt import argtypes, distributed
 from quillgpt.checkpoint import LoadedRun, load_run, read_config
 from quillgpt.config import PRESETS, SECTIONS, RunConfig, field_types, parse_value, preset
 from quillgpt.corpora import CORPORA
@@ -67,6 +68,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (problem + where to look), exit code 2."""
 
     def error(self, message: str) -> NoReturn:
+        # argparse says "argument --steps: must be >= 1, got 0"; the flag reads better as the subject.
+        message = re.sub(r"^argument (--[\w-]+)(?:/-\w)?: must be", r"\1 must be", message)
         self.exit(EXIT_USAGE, f"quill: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -75,9 +78,10 @@ class OneLineParser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------------
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, skip: frozenset[str] | set[str] = frozenset()) -> None:
     for section, cls in SECTIONS.items():
-        add_dataclass_flags(parser, cls, section, f"{section} config (default: the preset's value)")
+        add_dataclass_flags(parser, cls, section, f"{section} config (default: the preset's value)",
+                            NOT_FLAGS | set(skip))
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, section: str, title: str,
@@ -403,16 +407,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-def optional_int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
 def add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", choices=KINDS, help="char (default) or bpe (byte-level, any text)")
-    parser.add_argument("--vocab-size", type=optional_int, metavar="N",
+    # --vocab-size: its range is checked where the tokenizer is made
+    parser.add_argument("--vocab-size", type=argtypes.whole(None), metavar="N",
                         help="bpe: tokens in the vocabulary, with 256 bytes and 6 special tokens (e.g. 2048)")
 
 
@@ -451,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="start over in an --out-dir that holds a run")
     train.add_argument("--data", help="where the named corpus file is, if not in the usual places")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--stop-at", type=optional_int, metavar="STEP",
+    train.add_argument("--stop-at", type=argtypes.count, metavar="STEP",
                        help="save a checkpoint and exit after this step (continue later with --resume)")
     add_config_flags(train)
     train.set_defaults(func=cmd_train)
@@ -459,11 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="generate text from a trained run")
     sample.add_argument("run_dir")
     sample.add_argument("--prompt", default="", help="text to continue (default: start from a newline)")
-    sample.add_argument("--max-new-tokens", type=optional_int, default=500)
+    sample.add_argument("--max-new-tokens", type=argtypes.whole(None), default=500)  # checked by check_sampling
     sample.add_argument("--temperature", type=float, default=1.0)
-    sample.add_argument("--top-k", type=optional_int, default=None)
+    sample.add_argument("--top-k", type=argtypes.whole(None), default=None)
     sample.add_argument("--top-p", type=float, default=None)
-    sample.add_argument("--seed", type=optional_int, default=None)
+    sample.add_argument("--seed", type=argtypes.seed, default=None)
     add_run_flags(sample)
     sample.add_argument("--crop-prompt", action="store_true",
                         help="allow a prompt longer than the context (the model sees its last block_size tokens)")
@@ -474,8 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--text", nargs="+", metavar="PATH", help="evaluate on these files (default: a val split)")
     evaluate.add_argument("--dataset", help="the val split of this prepared dataset (default: the run's own)")
     add_run_flags(evaluate)
-    evaluate.add_argument("--batch-size", type=optional_int, default=32, help="windows per forward pass")
-    evaluate.add_argument("--max-tokens", type=optional_int, default=None, help="only the first N tokens")
+    evaluate.add_argument("--batch-size", type=argtypes.whole(1, 4096), default=32, help="windows per forward pass")
+    evaluate.add_argument("--max-tokens", type=argtypes.count, default=None, help="only the first N tokens")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=cmd_eval)
 
@@ -483,10 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=["train", "sample", "prepare", "serve"])
     bench.add_argument("--preset", default="seed-gpt", help="model/batch shape to measure (default seed-gpt)")
     bench.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
-    bench.add_argument("--steps", type=optional_int, default=5, help="timed training steps per variant")
-    bench.add_argument("--warmup", type=optional_int, default=2, help="untimed steps first (compile happens here)")
-    bench.add_argument("--batch-size", type=optional_int, default=None, help="override the preset's batch size")
-    bench.add_argument("--new-tokens", type=optional_int, default=1000, help="tokens to sample")
+    bench.add_argument("--steps", type=argtypes.count, default=5, help="timed training steps per variant")
+    bench.add_argument("--warmup", type=argtypes.whole(0), default=2, help="untimed steps first (compile happens here)")
+    bench.add_argument("--batch-size", type=argtypes.whole(1, 4096), default=None,
+                       help="override the preset's batch size")
+    bench.add_argument("--new-tokens", type=argtypes.count, default=1000, help="tokens to sample")
     bench.add_argument("--corpus", default="english-novels", help="prepare: a registered corpus to prepare")
     bench.add_argument("--text", nargs="+", metavar="PATH", help="prepare: your own text instead of --corpus")
     bench.add_argument("--data", help="prepare: where the corpus file is, if not in the usual places")
@@ -508,7 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (one line already printed), --help or --version
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command == "train":
         args.preset_given = args.preset is not None
         args.preset = args.preset or "cpu-small"

@@ -26,7 +26,19 @@ LR_SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("adamw", "muon")
 TASK_OPS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "calc": "+-*/"}  # arithmetic task -> operators
 TASK_FORMATS = ("plain", "reversed", "scratchpad", "hinted")
-WORK_STYLES = ("units", "columns")  # how a chat answer shows its work (tasks/questions.py)
+WORK_STYLES = ("units", "columns")
+# Upper bounds. Past them a value cannot work on any machine quill is for: the model or a step's
+# activations would not fit in memory, or the problem generator would loop for hours before a
+# single step. A value that only takes long (a million steps) stays the user's choice.
+MAX_PARAMETERS = 2**32  # ~4.3 billion: fp32 weights, gradients and AdamW moments alone would be ~69 GB
+MAX_BLOCK_SIZE = 2**20
+MAX_WIDTH = 65_536  # n_embd, and batch sizes
+MAX_TOKENS_PER_STEP = 2**24  # batch_size x block_size: the logits of one step are this x vocab floats
+MAX_EVAL_ITERS = 1_000_000
+MAX_SAMPLE_CHARS = 1_000_000
+MAX_EXAMPLES = 10_000_000  # a fixed set of problems or questions is held in memory as Python objects
+MAX_DIGITS = 20  # arithmetic operands; a 20-digit scratchpad already needs a context of thousands
+MAX_SEED = 2**32 - 1  # NumPy's seed range  # how a chat answer shows its work (tasks/questions.py)
 
 
 @dataclass
@@ -67,6 +79,13 @@ class ModelConfig:
         _check_choice("activation", self.activation, ACTIVATIONS)
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "context_len"):
             _check_positive(name, getattr(self, name))
+        _check_at_most("block_size", self.block_size, MAX_BLOCK_SIZE)
+        _check_at_most("context_len", self.context_len, MAX_BLOCK_SIZE)
+        _check_at_most("n_embd", self.n_embd, MAX_WIDTH)
+        if self.approx_parameters > MAX_PARAMETERS:
+            raise ConfigError(f"a model of n_layer {self.n_layer} x n_embd {self.n_embd} has about "
+                              f"{self.approx_parameters:.3g} parameters, more than quill trains "
+                              f"({MAX_PARAMETERS:.3g}): use a smaller --n-layer or --n-embd")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}: use e.g. 0.0 or 0.2")
         if self.arch == "gpt" and self.n_embd % self.n_head != 0:
@@ -82,6 +101,11 @@ class ModelConfig:
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def approx_parameters(self) -> int:
+        """12 n_embd^2 per block (attention 4, feed-forward 8) plus the embedding tables and lm_head."""
+        return 12 * self.n_layer * self.n_embd**2 + (2 * self.vocab_size + self.block_size) * self.n_embd
 
 
 @dataclass
@@ -130,6 +154,11 @@ class TrainConfig:
         for name in ("warmup_iters", "save_every", "sample_chars"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        _check_at_most("batch_size", self.batch_size, MAX_WIDTH)
+        _check_at_most("grad_accum", self.grad_accum, MAX_WIDTH)
+        _check_at_most("eval_iters", self.eval_iters, MAX_EVAL_ITERS)
+        _check_at_most("sample_chars", self.sample_chars, MAX_SAMPLE_CHARS)
+        _check_seed("seed", self.seed)
         for name in ("lr", "min_lr", "muon_lr"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -171,14 +200,20 @@ class ArithmeticConfig:
         return TASK_OPS[self.task]
 
     def validate(self) -> None:
+        # The numbers are checked even when no task is set, so a wrong one is never silently ignored.
+        _check_positive("digits", self.digits)
+        _check_at_most("digits", self.digits, MAX_DIGITS)
+        _check_positive("eval_examples", self.eval_examples)
+        if self.train_examples < 0:
+            raise ConfigError(f"train_examples must be >= 0 (0: fresh problems every batch), got {self.train_examples}")
+        _check_at_most("train_examples", self.train_examples, MAX_EXAMPLES)
+        _check_at_most("eval_examples", self.eval_examples, MAX_EXAMPLES)
+        _check_seed("data_seed", self.data_seed)
+        _check_seed("eval_seed", self.eval_seed)
         if not self.enabled:
             return
         _check_choice("task", self.task, tuple(TASK_OPS))
         _check_choice("format", self.format, TASK_FORMATS)
-        _check_positive("digits", self.digits)
-        _check_positive("eval_examples", self.eval_examples)
-        if self.train_examples < 0:
-            raise ConfigError(f"train_examples must be >= 0 (0: fresh problems every batch), got {self.train_examples}")
 
 
 @dataclass
@@ -207,18 +242,21 @@ class ChatConfig:
         return self.chat_data == CHAT_ARITHMETIC
 
     def validate(self) -> None:
-        if not self.enabled:
-            return
-        if self.builtin:
-            if not self.chat_ops or any(op not in "+-*" for op in self.chat_ops) or len(set(self.chat_ops)) != len(
-                    self.chat_ops):
-                raise ConfigError(f"chat_ops must be distinct operators out of + - *, got {self.chat_ops!r}")
-            _check_positive("chat_digits", self.chat_digits)
+        _check_positive("chat_digits", self.chat_digits)
+        _check_at_most("chat_digits", self.chat_digits, MAX_DIGITS)
         _check_positive("chat_val", self.chat_val)
         if self.chat_examples < 0:
             raise ConfigError(f"chat_examples must be >= 0 (0: fresh questions every batch), got {self.chat_examples}")
         if not 0.0 <= self.chat_worked <= 1.0:
             raise ConfigError(f"chat_worked is a share of the demonstrations, in [0, 1], got {self.chat_worked}")
+        _check_at_most("chat_examples", self.chat_examples, MAX_EXAMPLES)
+        _check_at_most("chat_val", self.chat_val, MAX_EXAMPLES)
+        _check_seed("chat_seed", self.chat_seed)
+        if not self.enabled:
+            return
+        if self.builtin and (not self.chat_ops or any(op not in "+-*" for op in self.chat_ops)
+                             or len(set(self.chat_ops)) != len(self.chat_ops)):
+            raise ConfigError(f"chat_ops must be distinct operators out of + - *, got {self.chat_ops!r}")
         _check_choice("chat_work_style", self.chat_work_style, WORK_STYLES)
 
 
@@ -239,6 +277,10 @@ class RunConfig:
         self.train.validate()
         self.arithmetic.validate()
         self.chat.validate()
+        tokens = self.train.batch_size * self.model.block_size
+        if tokens > MAX_TOKENS_PER_STEP:
+            raise ConfigError(f"batch_size x block_size = {tokens:,} tokens per step is more than fits in memory "
+                              f"({MAX_TOKENS_PER_STEP:,}): use a smaller --batch-size (--grad-accum for a large batch)")
         if self.arithmetic.enabled and self.chat.enabled:
             raise ConfigError("a run trains on an arithmetic task or on conversations, not both: drop --task or "
                               "--chat-data")
@@ -429,6 +471,35 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _check_positive(name: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value}")
+
+
+def _check_at_most(name: str, value: float, high: float) -> None:
+    if value > high:
+        raise ConfigError(f"{name} must be at most {high:,}, got {value:,}")
+
+
+def _check_seed(name: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{name} must be between 0 and {MAX_SEED} (2**32 - 1), got {value}")
+
+
+def check_seeds(config: Any, *names: str) -> None:
+    for name in names:
+        _check_seed(name, getattr(config, name))
+
+
+def check_range(config: Any, name: str, low: float | None = None, high: float | None = None,
+                above: float | None = None) -> None:
+    """A one-line ConfigError unless field ``name`` is finite, >= low, <= high and > above (each if given)."""
+    value = getattr(config, name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+    if above is not None and value <= above:
+        raise ConfigError(f"{name} must be > {above:g}, got {value:g}")
+    if low is not None and value < low:
+        raise ConfigError(f"{name} must be >= {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be at most {high:,}, got {value:,}")
 
 
 def check_positive_fields(config: Any, *names: str) -> None:

@@ -30,7 +30,7 @@ from quillgpt.tokenizers import CharTokenizer, Tokenizer
 
 # Fields that decide the shape of the weights; the rest (dropout, attention path) may change.
 SHAPE_FIELDS = ("arch", "block_size", "n_layer", "n_head", "n_embd", "norm", "position", "activation", "tie_weights",
-                "qk_norm", "context_len")
+                "qk_norm", "qkv_bias", "context_len")
 INIT_FILE = "init.json"
 
 if TYPE_CHECKING:

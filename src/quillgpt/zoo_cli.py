@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from quillgpt import argtypes
 from quillgpt.config import RunConfig, preset
 from quillgpt.errors import ConfigError
 
@@ -200,8 +201,9 @@ def add_zoo_command(commands: argparse._SubParsersAction) -> None:
     zoo.add_argument("--data", help="where the named corpus file is, if not in the usual places")
     zoo.add_argument("--out", default="runs/zoo", help="results and run directories (default runs/zoo)")
     zoo.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
-    zoo.add_argument("--eval-iters", type=int, default=50, help="val batches for the final loss (default 50)")
-    zoo.add_argument("--seed", type=int, default=1337)
+    zoo.add_argument("--eval-iters", type=argtypes.whole(1, 100_000), default=50,
+                     help="val batches for the final loss (default 50)")
+    zoo.add_argument("--seed", type=argtypes.seed, default=1337)
     zoo.add_argument("--no-progress", action="store_true", help="no progress bar")
     zoo.set_defaults(func=cmd_zoo)
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from quillgpt import argtypes
 from quillgpt.checkpoint import load_run
 from quillgpt.errors import ConfigError
 
@@ -68,39 +69,43 @@ def cmd_seq2seq(args: argparse.Namespace) -> int:
 
 def add_lesson_commands(commands: Any) -> None:
     """Add ``lesson``, ``attention`` and ``seq2seq`` to the ``quill`` subcommands."""
-    from quillgpt.cli import add_run_flags, optional_int
+    from quillgpt.cli import add_run_flags
     from quillgpt.lessons.seq2seq import TASKS
 
     lesson = commands.add_parser("lesson", help="the lecture's side roads, runnable: attention, norms, bigram")
     lesson.add_argument("lesson", choices=["attention", "norms", "bigram"])
-    lesson.add_argument("--seed", type=optional_int, default=1337)
+    lesson.add_argument("--seed", type=argtypes.seed, default=1337)
     lesson.add_argument("--text", metavar="FILE", help="bigram: your own UTF-8 text (default: Tiny Shakespeare)")
     lesson.add_argument("--data", help="bigram: where Tiny Shakespeare is, if not in the usual places")
-    lesson.add_argument("--steps", type=optional_int, default=300, help="bigram: training steps (default 300)")
-    lesson.add_argument("--batch-size", type=optional_int, default=256, help="bigram: windows of 8 per step")
-    lesson.add_argument("--lr", type=float, default=0.1, help="bigram: AdamW learning rate (default 0.1)")
+    lesson.add_argument("--steps", type=argtypes.count, default=300, help="bigram: training steps (default 300)")
+    lesson.add_argument("--batch-size", type=argtypes.whole(1, 65536), default=256,
+                        help="bigram: windows of 8 per step")
+    lesson.add_argument("--lr", type=argtypes.real(above=0), default=0.1,
+                        help="bigram: AdamW learning rate (default 0.1)")
     lesson.set_defaults(func=cmd_lesson)
 
     attention = commands.add_parser("attention", help="heatmap PNG of one head's attention weights on some text")
     attention.add_argument("run_dir")
     attention.add_argument("--text", required=True, help="what the model reads (at most block_size tokens)")
-    attention.add_argument("--layer", type=optional_int, default=0, help="layer, from 0 (default 0)")
-    attention.add_argument("--head", type=optional_int, default=0, help="head, from 0 (default 0)")
+    attention.add_argument("--layer", type=argtypes.whole(None), default=0, help="layer, from 0 (default 0)")
+    attention.add_argument("--head", type=argtypes.whole(None), default=0, help="head, from 0 (default 0)")
     attention.add_argument("--out", default="attention.png", help="PNG file to write (default attention.png)")
     add_run_flags(attention)
     attention.set_defaults(func=cmd_attention)
 
     seq = commands.add_parser("seq2seq", help="train an encoder-decoder with cross-attention on a string task")
     seq.add_argument("--task", choices=list(TASKS), default="reverse")
-    seq.add_argument("--steps", type=optional_int, default=600, help="training steps (default 600)")
-    seq.add_argument("--min-len", type=optional_int, default=1, help="shortest string (default 1)")
-    seq.add_argument("--max-len", type=optional_int, default=10, help="longest string (default 10)")
-    seq.add_argument("--letters", type=optional_int, default=26, help="alphabet: the first N letters (default 26)")
-    seq.add_argument("--batch-size", type=optional_int, default=64)
-    seq.add_argument("--lr", type=float, default=3e-3)
-    seq.add_argument("--n-layer", type=optional_int, default=2, help="encoder blocks, and as many decoder blocks")
-    seq.add_argument("--n-head", type=optional_int, default=4)
-    seq.add_argument("--n-embd", type=optional_int, default=64)
-    seq.add_argument("--n-test", type=optional_int, default=500, help="held-out strings for exact match")
-    seq.add_argument("--seed", type=optional_int, default=1337)
+    seq.add_argument("--steps", type=argtypes.count, default=600, help="training steps (default 600)")
+    seq.add_argument("--min-len", type=argtypes.whole(None, 1000), default=1, help="shortest string (default 1)")
+    seq.add_argument("--max-len", type=argtypes.whole(None, 1000), default=10, help="longest string (default 10)")
+    seq.add_argument("--letters", type=argtypes.whole(None), default=26,
+                     help="alphabet: the first N letters (default 26)")
+    seq.add_argument("--batch-size", type=argtypes.whole(1, 65536), default=64)
+    seq.add_argument("--lr", type=argtypes.real(above=0), default=3e-3)
+    seq.add_argument("--n-layer", type=argtypes.whole(1, 64), default=2,
+                     help="encoder blocks, and as many decoder blocks")
+    seq.add_argument("--n-head", type=argtypes.whole(1, 64), default=4)
+    seq.add_argument("--n-embd", type=argtypes.whole(1, 4096), default=64)
+    seq.add_argument("--n-test", type=argtypes.whole(1, 100_000), default=500, help="held-out strings for exact match")
+    seq.add_argument("--seed", type=argtypes.seed, default=1337)
     seq.set_defaults(func=cmd_seq2seq)

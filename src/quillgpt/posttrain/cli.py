@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from quillgpt import argtypes
 from quillgpt.chat import Message, end_id, prompt_ids, require_chat_format
 from quillgpt.checkpoint import load_run
 from quillgpt.errors import ConfigError, SamplingError
@@ -32,6 +33,10 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
     if args.resume:
         raise ConfigError("continue an SFT run with quill train --resume RUN_DIR")
+    # Like reward/rl/dpo, the new run sits beside its source with a suffix (runs/cpu-small -> runs/cpu-small-sft),
+    # so the next command can name it without reading this one's output; an existing run there is never reused.
+    out_dir = getattr(args, "train.out_dir", None) or ""
+    setattr(args, "train.out_dir", _out_dir(out_dir, args.run_dir, "sft", args.overwrite))
     args.init_from, args.config = args.run_dir, None
     args.preset, args.preset_given = "sft", True
     setattr(args, "chat.chat_data", args.data)
@@ -232,26 +237,26 @@ def _from_run(parser: argparse.ArgumentParser, run_help: str) -> argparse.Argume
 
 def add_posttrain_commands(commands: Any) -> None:
     """Add ``sft``, ``chat``, ``reward``, ``rl`` and ``dpo`` to the ``quill`` subcommands."""
-    from quillgpt.cli import OneLineParser, add_config_flags, add_dataclass_flags, add_run_flags, optional_int
+    from quillgpt.cli import OneLineParser, add_config_flags, add_dataclass_flags, add_run_flags
 
     sft = commands.add_parser("sft", help="finetune a trained run on conversations (loss on the replies only)")
     _from_run(sft, "the pretrained run to start from (its best checkpoint)")
     sft.add_argument("--data", default="arithmetic",
                      help="a JSONL file ({\"messages\": [...]} or {\"prompt\", \"response\"} per line), or "
                           "arithmetic: generated questions like 'What is 17 plus 26?' (default)")
-    sft.add_argument("--stop-at", type=optional_int, metavar="STEP",
+    sft.add_argument("--stop-at", type=argtypes.count, metavar="STEP",
                      help="save a checkpoint and exit after this step (continue with quill train --resume)")
     sft.set_defaults(func=cmd_sft, resume=None)
-    add_config_flags(sft)
+    add_config_flags(sft, skip={"chat_data"})  # --data names the conversations; a second flag for them would clash
 
     chat = commands.add_parser("chat", help="talk to a chat model: history, streaming, /reset")
     chat.add_argument("run_dir")
     chat.add_argument("--system", help="a system message that starts the conversation")
-    chat.add_argument("--max-new-tokens", type=optional_int, default=200, help="longest reply")
+    chat.add_argument("--max-new-tokens", type=argtypes.count, default=200, help="longest reply")
     chat.add_argument("--temperature", type=float, default=0.8)
-    chat.add_argument("--top-k", type=optional_int, default=None)
+    chat.add_argument("--top-k", type=argtypes.count, default=None)
     chat.add_argument("--top-p", type=float, default=None)
-    chat.add_argument("--seed", type=optional_int, default=None)
+    chat.add_argument("--seed", type=argtypes.seed, default=None)
     add_run_flags(chat)
     chat.set_defaults(func=cmd_chat)
 

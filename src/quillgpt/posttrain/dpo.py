@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from quillgpt.chat import Message, encode_conversation, end_id, require_chat_format
 from quillgpt.checkpoint import LoadedRun
-from quillgpt.config import check_positive_fields
+from quillgpt.config import MAX_EXAMPLES, MAX_WIDTH, check_positive_fields, check_range, check_seeds
 from quillgpt.errors import ConfigError
 from quillgpt.metrics import MetricsLog
 from quillgpt.posttrain.evaluate import ChatReport, answer_all
@@ -57,6 +57,11 @@ class DPOConfig(PairsConfig):
         check_positive_fields(self, "steps", "batch_size", "eval_interval", "eval_questions")
         if not (self.lr > 0 and self.beta > 0):
             raise ConfigError("lr and beta must be > 0")
+        for name in ("lr", "beta"):
+            check_range(self, name, above=0)
+        check_range(self, "batch_size", high=MAX_WIDTH)
+        check_range(self, "eval_questions", high=MAX_EXAMPLES)
+        check_seeds(self, "eval_seed")
 
 
 def reply_logprobs(model: nn.Module, tokenizer: Tokenizer, pairs: list[Pair], side: str) -> torch.Tensor:

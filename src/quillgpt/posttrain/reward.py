@@ -28,7 +28,15 @@ from tqdm import tqdm
 
 from quillgpt.chat import Message, encode_conversation, end_id, prompt_ids, read_jsonl, require_chat_format
 from quillgpt.checkpoint import LoadedRun, load_run, read_tensors, write_checkpoint, write_run_files
-from quillgpt.config import WORK_STYLES, check_positive_fields
+from quillgpt.config import (
+    MAX_DIGITS,
+    MAX_EXAMPLES,
+    MAX_WIDTH,
+    WORK_STYLES,
+    check_positive_fields,
+    check_range,
+    check_seeds,
+)
 from quillgpt.errors import CheckpointError, ConfigError, DataError
 from quillgpt.fsutil import atomic_write_json
 from quillgpt.metrics import MetricsLog
@@ -139,6 +147,9 @@ class PairsConfig:
 
     def validate_pairs(self) -> None:
         check_positive_fields(self, "digits", "val_pairs")
+        check_range(self, "digits", high=MAX_DIGITS)
+        check_range(self, "val_pairs", high=MAX_EXAMPLES)
+        check_seeds(self, "seed")
         for share in ("worked", "cross_style", "slips"):
             if not 0.0 <= getattr(self, share) <= 1.0:
                 raise ConfigError(f"{share} is a share of the pairs, in [0, 1], got {getattr(self, share)}")
@@ -165,6 +176,11 @@ class RewardConfig(PairsConfig):
         check_positive_fields(self, "steps", "batch_size", "eval_interval")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        check_range(self, "lr", above=0)
+        check_range(self, "batch_size", high=MAX_WIDTH)
+        for name in ("weight_decay", "warmup", "policy_pairs"):
+            check_range(self, name, low=0)
+        check_range(self, "policy_pairs", high=MAX_EXAMPLES)
 
 
 @dataclass(frozen=True)

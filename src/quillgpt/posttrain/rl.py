@@ -27,7 +27,15 @@ from tqdm import tqdm
 
 from quillgpt.chat import end_id, prompt_ids, require_chat_format
 from quillgpt.checkpoint import LoadedRun, write_checkpoint, write_run_files
-from quillgpt.config import check_positive_fields
+from quillgpt.config import (
+    MAX_BLOCK_SIZE,
+    MAX_DIGITS,
+    MAX_EXAMPLES,
+    MAX_WIDTH,
+    check_positive_fields,
+    check_range,
+    check_seeds,
+)
 from quillgpt.errors import ConfigError
 from quillgpt.fsutil import atomic_write, atomic_write_json
 from quillgpt.metrics import MetricsLog
@@ -82,6 +90,7 @@ class RLConfig:
                               "epochs", "minibatches", "eval_interval", "eval_questions")
         if not (self.lr > 0 and self.temperature > 0):
             raise ConfigError("lr and temperature must be > 0")
+        self._check_bounds()
         if self.kl_coef < 0 or self.kl_target < 0 or not 0 < self.clip < 1:
             raise ConfigError("kl_coef and kl_target must be >= 0 and clip in (0, 1)")
         if not (self.reward == "task:arithmetic" or self.reward.startswith("model:")):
@@ -90,6 +99,22 @@ class RLConfig:
             raise ConfigError("center_scores needs samples_per_prompt >= 2 (a question's mean score is the baseline)")
         if (self.prompts_per_step * self.samples_per_prompt) % self.minibatches:
             raise ConfigError("prompts_per_step * samples_per_prompt must divide into minibatches evenly")
+
+
+    def _check_bounds(self) -> None:
+        """Finite numbers, and sizes that fit in memory (one step holds prompts x samples rollouts)."""
+        for name, high in (("digits", MAX_DIGITS), ("prompts_per_step", MAX_WIDTH), ("samples_per_prompt", 1024),
+                           ("max_new_tokens", MAX_BLOCK_SIZE), ("epochs", 1000), ("minibatches", MAX_WIDTH),
+                           ("eval_questions", MAX_EXAMPLES)):
+            check_range(self, name, high=high)
+        for name in ("top_k", "warmup", "kl_coef", "kl_target", "vf_coef", "grad_clip"):
+            check_range(self, name, low=0)
+        for name in ("lr", "temperature", "kl_horizon", "value_clip", "value_lr"):
+            check_range(self, name, above=0)
+        for name in ("gamma", "lam"):
+            check_range(self, name, 0, 1)
+        check_range(self, "unfinished_reward")
+        check_seeds(self, "eval_seed", "seed")
 
 
 class Algorithm(Protocol):

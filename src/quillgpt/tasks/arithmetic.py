@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from quillgpt.data import SeededSampler, to_device
+from quillgpt.errors import ConfigError
 
 OPS = ("+", "-", "*", "/")
 COMMUTATIVE = ("+", "*")  # a problem and its swapped twin must share a split
@@ -121,6 +122,12 @@ def problems(ops: str, digits: int, count: int, seed: int, split: str = "train",
     check_ops(ops)
     if digits < 1:
         raise ValueError(f"operands need at least 1 digit, got {digits}")
+    # Fail at once when the split cannot hold that many (rather than drawing for hours): operands
+    # run over 10**digits values each, and one problem in TEST_BUCKETS is held out.
+    share = 1 / TEST_BUCKETS if split == "test" else 1 - 1 / TEST_BUCKETS
+    if count > len(ops) * 10 ** (2 * digits) * share:
+        raise ConfigError(f"cannot draw {count} distinct {split} problems of {digits}-digit {ops}: there are about "
+                         f"{len(ops) * 10 ** (2 * digits) * share:,.0f}; ask for fewer")
     rng = random.Random(f"{ops}:{digits}:{seed}:{split}")
     seen: set[Problem] = set()
     out: list[Problem] = []
@@ -128,7 +135,7 @@ def problems(ops: str, digits: int, count: int, seed: int, split: str = "train",
     while len(out) < count:
         attempts += 1
         if attempts > 100 * count + 1000:
-            raise ValueError(f"cannot draw {count} distinct {split} problems of {digits}-digit {ops}: ask for fewer")
+            raise ConfigError(f"cannot draw {count} distinct {split} problems of {digits}-digit {ops}: ask for fewer")
         problem = draw_problem(rng, ops, digits)
         if problem.split == split and (keep is None or keep(problem)) and problem not in seen:
             seen.add(problem)

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+from quillgpt import argtypes
 from quillgpt.checkpoint import LoadedRun, load_run
-from quillgpt.config import TASK_OPS
+from quillgpt.config import MAX_DIGITS, TASK_OPS
 from quillgpt.errors import ConfigError
 from quillgpt.tasks.arithmetic import answer_text, check_steps, parse_answer, problems, prompt_text, readable_step
 from quillgpt.tasks.dataset import arithmetic_tokenizer
@@ -127,17 +128,18 @@ def cmd_calc(args: argparse.Namespace) -> int:
 
 def add_task_commands(commands: Any) -> None:
     """Add ``task eval`` and ``calc`` to the ``quill`` subcommands."""
-    from quillgpt.cli import OneLineParser, add_run_flags, optional_int
+    from quillgpt.cli import OneLineParser, add_run_flags
 
     task = commands.add_parser("task", help="arithmetic tasks: exact-match evaluation")
     task_commands = task.add_subparsers(dest="task_command", required=True, parser_class=OneLineParser)
     task_eval = task_commands.add_parser("eval", help="greedy exact-match accuracy on held-out problems")
     task_eval.add_argument("run_dir")
     task_eval.add_argument("--task", help="add, sub, mul, div or calc (default: the run's task)")
-    task_eval.add_argument("--digits", type=optional_int, help="operands of 1..N digits (default: the run's)")
-    task_eval.add_argument("--n", type=optional_int, default=None,
+    task_eval.add_argument("--digits", type=argtypes.whole(1, MAX_DIGITS),
+                           help="operands of 1..N digits (default: the run's)")
+    task_eval.add_argument("--n", type=argtypes.count, default=None,
                            help="held-out problems (default: the run's eval_examples, 2000 for add3/calc3)")
-    task_eval.add_argument("--eval-seed", type=optional_int, default=None,
+    task_eval.add_argument("--eval-seed", type=argtypes.seed, default=None,
                            help="draws the held-out set (default: the run's eval seed + 1, a set training never saw)")
     task_eval.add_argument("--split", choices=("val", "test"), default="test",
                            help="chat runs: the half of the held-out questions to score: val to choose settings on, "
