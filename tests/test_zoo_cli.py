@@ -73,3 +73,26 @@ def test_table_reports_a_failed_model_without_losing_the_others() -> None:
             {"model": "rnn", "parameters": 7, "steps": 3, "error": "loss became nan at step 3: lower --lr"}]
     table = format_table(rows)
     assert "| gpt | 10 | 5 | 100 | 2.0000 | 2.900 |" in table and "| rnn | 7 | 3 | failed: loss became nan" in table
+
+
+def test_zoo_never_deletes_a_folder_it_did_not_make(tmp_path: Path, dataset_dir: Path) -> None:
+    """quill zoo --out . on a first run used to rmtree ./runs/gpt: a user's own run."""
+    mine = tmp_path / "runs" / "gpt"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my run")
+    result = quill("zoo", "--budget", "0.3s", "--models", "bigram,gpt", "--dataset", str(dataset_dir), "--out", ".",
+                   "--eval-iters", "1", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 2 and "not made by quill zoo" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (mine / "notes.txt").read_text() == "my run" and not (tmp_path / "zoo.json").exists()
+
+
+@pytest.mark.slow
+def test_zoo_overwrite_replaces_its_own_runs(tmp_path: Path, dataset_dir: Path) -> None:
+    args = ("zoo", "--budget", "0.3s", "--models", "bigram", "--dataset", str(dataset_dir), "--out", "z",
+            "--eval-iters", "1", "--no-progress")
+    assert quill(*args, cwd=tmp_path).returncode == 0
+    (tmp_path / "z/runs/bigram/stale.txt").write_text("from the first run")
+    again = quill(*args, "--overwrite", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert not (tmp_path / "z/runs/bigram/stale.txt").exists() and (tmp_path / "z/runs/bigram/config.json").exists()

@@ -85,12 +85,26 @@ def zoo_config(name: str, budget_s: float, dataset: str, out_dir: Path, eval_ite
     })
 
 
+ZOO_MARK = "zoo-model.json"  # in every run directory quill zoo made, so a rerun knows what it may replace
+
+
+def check_run_dirs(run_dirs: list[Path]) -> None:
+    """Refuse to start if a run directory exists that quill zoo did not make: it is never deleted."""
+    for run_dir in run_dirs:
+        if run_dir.exists() and not (run_dir / ZOO_MARK).is_file():
+            raise ConfigError(f"{run_dir} exists and was not made by quill zoo: choose another --out "
+                              "(quill zoo replaces only its own run directories)")
+
+
 def run_one(name: str, config: RunConfig, data: str | None) -> dict[str, Any]:
     from quillgpt.tasks.dataset import open_dataset
     from quillgpt.train import Trainer, TrainingError
 
     run_dir = Path(config.train.out_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)  # a zoo run directory belongs to the zoo
+    if (run_dir / ZOO_MARK).is_file():  # an earlier zoo run of this model (check_run_dirs let nothing else by)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / ZOO_MARK).write_text(json.dumps({"model": name}) + "\n")
     trainer = Trainer(config, open_dataset(config, data), run_dir, progress=False)
     try:
         result = trainer.train()
@@ -169,6 +183,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "zoo.json").exists() and not args.overwrite:
         raise ConfigError(f"{out} already holds zoo results: pass --overwrite, or choose another --out")
+    check_run_dirs([out / "runs" / name for name in names])
     out.mkdir(parents=True, exist_ok=True)
     started, tic = datetime.now(timezone.utc), time.perf_counter()
     rows = []
