@@ -139,6 +139,20 @@ def byte_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     return x * keep.to(x.dtype) * (256.0 / threshold)
 
 
+class ByteDropout(nn.Dropout):
+    """``nn.Dropout`` that draws its mask with ``byte_dropout`` when training on CPU.
+
+    On CPU, ``bernoulli_`` (what ``nn.Dropout`` and SDPA's dropout use) is most of the cost of
+    dropout; elsewhere this is plain ``nn.Dropout``. No parameters, so checkpoints are unchanged.
+    """
+
+    def uses_byte_mask(self, x: torch.Tensor) -> bool:
+        return self.training and self.p > 0 and x.device.type == "cpu"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return byte_dropout(x, self.p) if self.uses_byte_mask(x) else super().forward(x)
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, so each new token costs one position.
 
@@ -146,7 +160,8 @@ class KVCache:
     The GPT's position embeddings are absolute, so a full cache cannot slide by one token:
     ``quillgpt.sample`` empties it and refills it from the most recent tokens instead.
     Every row has the same length; a ``ragged`` subclass (``quillgpt.serve.batching``) keeps
-    one length per row and supplies each row's positions and attention mask.
+    one length per row. Each cache says where its new tokens sit (``positions``) and which
+    keys they may see (``attention_mask``), so attention need not know which kind it has.
     With RoPE the keys are stored already rotated to their positions.
     """
 
@@ -166,6 +181,22 @@ class KVCache:
 
     def reset(self) -> None:
         self.length = 0
+
+    def positions(self, n: int) -> int | torch.Tensor:
+        """Where the next n tokens sit: every row continues at ``length``, so just that first position."""
+        return self.length
+
+    def attention_mask(self, n: int) -> tuple[torch.Tensor | None, bool]:
+        """``(attn_mask, is_causal)`` for SDPA: which keys each of the n new queries may see.
+
+        New query i sits at position length + i and may see keys 0 .. length + i.
+        """
+        past = self.length
+        if past == 0:  # nothing cached yet: the usual causal mask among the new tokens
+            return None, True
+        if n == 1:  # one new token sees every cached key and itself: no mask at all
+            return None, False
+        return torch.ones(n, past + n, dtype=torch.bool, device=self.keys[0].device).tril(diagonal=past), False
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new (B, nh, T, hs) keys/values after the cached ones; return all of them."""
@@ -188,7 +219,8 @@ class FusedMultiHeadAttention(MultiHeadAttention):
                  qk_norm: bool = False, qkv_bias: bool = False) -> None:
         super().__init__(n_embd, n_head, block_size, dropout, rope, qk_norm, qkv_bias)
         self.n_head = n_head
-        self.attn_dropout = dropout
+        self.attn_dropout = ByteDropout(dropout)  # on the attention weights, like Head.dropout
+        self.dropout = ByteDropout(dropout)  # on the output, replacing MultiHeadAttention's nn.Dropout
         self._stacked: tuple[tuple[int, ...], torch.Tensor] | None = None
         self._prepared = matvec.PreparedWeights()  # one-token decoding fast path, see matvec.py
 
@@ -215,40 +247,59 @@ class FusedMultiHeadAttention(MultiHeadAttention):
             return None
         return torch.cat([h.query.bias for h in heads] + [h.key.bias for h in heads] + [h.value.bias for h in heads])
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of every head, each (B, n_head, T, head_size), from one matmul.
+
+        (B, T, C) -> (B, n_head, T, head_size): head i owns columns i*hs:(i+1)*hs, exactly the
+        order in which MultiHeadAttention concatenates its heads.
+        """
         B, T, C = x.shape
         q, k, v = matvec.linear(x, self.qkv_weight(), self.qkv_bias(), self._prepared, "qkv").split(C, dim=-1)
-        # (B, T, C) -> (B, n_head, T, head_size): head i owns columns i*hs:(i+1)*hs,
-        # exactly the order in which MultiHeadAttention concatenates its heads.
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if self.heads[0].q_norm is not None:  # each head's own gain, stacked as (n_head, 1, hs)
-            q = rms_norm(q, torch.stack([h.q_norm.weight for h in self.heads]).unsqueeze(1), self.heads[0].q_norm.eps)
-            k = rms_norm(k, torch.stack([h.k_norm.weight for h in self.heads]).unsqueeze(1), self.heads[0].k_norm.eps)
-        if self.rope is not None:  # new tokens sit after the cached ones (after each row's own, if ragged)
-            start = 0 if cache is None else cache.positions(T) if cache.ragged else cache.length
+        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+
+    def qk_norm(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each head's RMSNorm of q and k (``Head.q_norm``/``k_norm``), gains stacked as (n_head, 1, hs)."""
+        first = self.heads[0]
+        if first.q_norm is None:
+            return q, k
+        q_gain = torch.stack([h.q_norm.weight for h in self.heads]).unsqueeze(1)
+        k_gain = torch.stack([h.k_norm.weight for h in self.heads]).unsqueeze(1)
+        return rms_norm(q, q_gain, first.q_norm.eps), rms_norm(k, k_gain, first.k_norm.eps)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None = None, causal: bool = True) -> torch.Tensor:
+        """softmax(q k^T / sqrt(head_size)) v ("Attention Is All You Need", eq. 1), as ``Head`` computes it.
+
+        ``mask`` (True = may attend) and ``causal`` mean what they mean to SDPA's attn_mask/is_causal.
+        """
+        if not self.attn_dropout.uses_byte_mask(q):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                                  dropout_p=self.attn_dropout.p if self.training else 0.0)
+        # Training on CPU with dropout: SDPA would fall back to this same math and spend most of
+        # its time drawing the dropout mask with bernoulli_, so spell it out with a byte mask.
+        wei = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5
+        if mask is not None:
+            wei = wei.masked_fill(~mask, float("-inf"))
+        elif causal:  # SDPA's is_causal: query i sees keys 0..i
+            wei = wei.masked_fill(torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).triu(1),
+                                  float("-inf"))
+        return self.attn_dropout(F.softmax(wei, dim=-1)) @ v
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        # query, key, value for all heads in one matmul: each (B, n_head, T, head_size)
+        q, k, v = self.qkv(x)
+        # QK-norm and rotary positions (when configured); new tokens sit after the cached ones
+        q, k = self.qk_norm(q, k)
+        if self.rope is not None:
+            start = 0 if cache is None else cache.positions(T)
             q, k = self.rope(q, start), self.rope(k, start)
-        mask, causal = None, True
-        if cache is not None:
-            past = cache.length
-            k, v = cache.update(layer, k, v)
-            if cache.ragged:  # rows of different lengths (continuous batching): the cache knows what each sees
-                causal, mask = False, cache.row_mask(T)
-            elif past > 0:  # new query i sits at position past + i and may see keys 0..past + i
-                causal = False
-                if T > 1:
-                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        if self.training and self.attn_dropout > 0 and x.device.type == "cpu":
-            # On CPU, SDPA with dropout falls back to its math path and spends most of its
-            # time drawing the mask with bernoulli_; do the same math with a byte mask.
-            wei = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5
-            wei = wei.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
-            y = byte_dropout(F.softmax(wei, dim=-1), self.attn_dropout) @ v
+        # causal self-attention over the new tokens, or over everything cached as the cache masks it
+        if cache is None:
+            y = self.attend(q, k, v)
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                dropout_p=self.attn_dropout if self.training else 0.0,
-            )  # default scale is 1/sqrt(head_size), as in Head
-        y = matvec.linear(y.transpose(1, 2).reshape(B, T, C), self.proj.weight, self.proj.bias, self._prepared, "proj")
-        if self.training and self.attn_dropout > 0 and x.device.type == "cpu":
-            return byte_dropout(y, self.attn_dropout)
-        return self.dropout(y)
+            k, v = cache.update(layer, k, v)
+            y = self.attend(q, k, v, *cache.attention_mask(T))
+        # the heads side by side again, then the output projection back into the residual stream
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.dropout(matvec.linear(y, self.proj.weight, self.proj.bias, self._prepared, "proj"))

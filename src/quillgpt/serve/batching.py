@@ -55,7 +55,7 @@ class RaggedKVCache(KVCache):
         self.lengths.zero_()
 
     def positions(self, n: int) -> torch.Tensor:
-        """(B, n) absolute positions of the next n tokens of every row."""
+        """(B, n) absolute positions of the next n tokens of every row (rows continue at their own lengths)."""
         return self.lengths[:, None] + torch.arange(n, device=self.lengths.device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +76,10 @@ class RaggedKVCache(KVCache):
         keys = torch.arange(self.length + n, device=self.lengths.device)  # (L,)
         last = self.positions(n)  # (B, T): the position of each query, the last key it may see
         return (keys[None, None, :] <= last[:, :, None])[:, None]
+
+    def attention_mask(self, n: int) -> tuple[torch.Tensor, bool]:
+        """``(attn_mask, is_causal)`` for SDPA: each row its own causal mask (``row_mask``), never SDPA's."""
+        return self.row_mask(n), False
 
     def advance(self, n: int) -> None:
         self.lengths += n
