@@ -1,4 +1,4 @@
-"""The paper features of ModelConfig: RoPE, RMSNorm, GELU/SwiGLU, weight tying, QK-norm."""
+"""The paper features of ModelConfig: RoPE, RMSNorm, GELU/SwiGLU, weight tying, QK-norm, no head bias."""
 
 import json
 from pathlib import Path
@@ -12,6 +12,7 @@ from quillgpt.errors import ConfigError
 from quillgpt.models import build_model
 from quillgpt.models.attention import RMSNorm, RotaryEmbedding
 from quillgpt.models.gpt import FeedForward, SwiGLUFeedForward, swiglu_hidden
+from quillgpt.pretrained import adapt_vocabulary
 from quillgpt.sample import generate
 from quillgpt.tokenizers import CharTokenizer
 
@@ -22,6 +23,7 @@ FLAGS = {
     "swiglu": {"activation": "swiglu"},
     "tied": {"tie_weights": True},
     "qknorm": {"qk_norm": True},
+    "nohead": {"head_bias": False},
     "all": {"position": "rope", "norm": "rms", "activation": "swiglu", "tie_weights": True, "qk_norm": True},
 }
 SMALL = dict(vocab_size=23, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
@@ -159,6 +161,42 @@ def test_tied_weights_share_one_tensor_through_a_checkpoint(tmp_path: Path) -> N
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
     idx = torch.randint(0, 23, (1, 8))
     assert torch.equal(loaded(idx)[0], model.eval()(idx)[0])
+
+
+def test_no_head_bias_has_no_bias_parameter_and_samples_the_same_with_and_without_cache(tmp_path: Path) -> None:
+    config = RunConfig(model=small(position="rope", norm="rms", activation="swiglu", head_bias=False))
+    torch.manual_seed(0)
+    model = build_model(config.model)
+    assert model.lm_head.bias is None and "lm_head.bias" not in model.state_dict()
+    assert build_model(small()).num_parameters() - build_model(small(head_bias=False)).num_parameters() == 23
+    prompt = torch.randint(0, 23, (2, 4))
+    assert torch.equal(generate(model, prompt, 12, top_k=1, use_cache=True),
+                       generate(model, prompt, 12, top_k=1, use_cache=False))
+    # through a checkpoint: config.json says head_bias false, the weights have no lm_head.bias
+    tokenizer = CharTokenizer([chr(ord("a") + i) for i in range(23)])
+    write_run_files(tmp_path, config, tokenizer, {"dataset": "none"})
+    write_checkpoint(tmp_path, 1, model.state_dict())
+    loaded = load_run(tmp_path).model
+    assert loaded.lm_head.bias is None
+    idx = torch.randint(0, 23, (1, 8))
+    assert torch.equal(loaded(idx)[0], model.eval()(idx)[0])
+    # finetuning with new tokens (quill sft) grows the head without a bias to grow
+    grown = adapt_vocabulary(model.state_dict(), tokenizer, CharTokenizer(tokenizer.chars, ["<|user|>"]))
+    assert grown["lm_head.weight"].shape == (24, 16) and "lm_head.bias" not in grown
+
+
+def test_a_checkpoint_from_before_head_bias_loads_with_its_bias(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(small())
+    with torch.no_grad():
+        model.lm_head.bias.normal_()
+    write_run_files(tmp_path, RunConfig(model=small()), CharTokenizer([chr(ord("a") + i) for i in range(23)]), {})
+    write_checkpoint(tmp_path, 1, model.state_dict())
+    data = json.loads((tmp_path / "config.json").read_text())
+    del data["model"]["head_bias"]  # config.json as written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    loaded = load_run(tmp_path)
+    assert loaded.config.model.head_bias and torch.equal(loaded.model.lm_head.bias, model.lm_head.bias)
 
 
 def test_qk_norm_normalizes_queries_and_keys() -> None:

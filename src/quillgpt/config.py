@@ -69,6 +69,10 @@ class ModelConfig:
     qk_norm: bool = False
     # biases on the query/key/value projections (GPT-2 has them; quill import sets this for GPT-2 checkpoints)
     qkv_bias: bool = False
+    # the bias of lm_head (the lecture has one). Off for a Llama-style model: Llama's head has no bias
+    # and RMSNorm no shift to fold one into, so only a bias-free head exports exactly (quill export).
+    # A config.json from before this field loads with the default, True, matching its weights.
+    head_bias: bool = True
     context_len: int = 8  # arch "mlp": how many previous tokens it sees (Bengio et al. 2003's n - 1)
 
     def validate(self) -> None:

@@ -30,7 +30,7 @@ from quillgpt.tokenizers import CharTokenizer, Tokenizer
 
 # Fields that decide the shape of the weights; the rest (dropout, attention path) may change.
 SHAPE_FIELDS = ("arch", "block_size", "n_layer", "n_head", "n_embd", "norm", "position", "activation", "tie_weights",
-                "qk_norm", "qkv_bias", "context_len")
+                "qk_norm", "qkv_bias", "head_bias", "context_len")
 INIT_FILE = "init.json"
 
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ def adapt_vocabulary(state: dict[str, torch.Tensor], base: Tokenizer, tokenizer:
     new_rows, old_rows = (torch.tensor(ids) for ids in zip(*keep, strict=True))
     out = dict(state)
     for name in ("token_embedding_table.weight", "lm_head.weight", "lm_head.bias"):
+        if name not in state:  # lm_head.bias with --no-head-bias
+            continue
         old = state[name]
         fresh = torch.zeros((tokenizer.vocab_size, *old.shape[1:]), dtype=old.dtype)
         if old.dim() == 2:

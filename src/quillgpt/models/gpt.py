@@ -162,7 +162,7 @@ class GPT(LanguageModel):
                                          if config.position == "learned" else None)
         self.blocks = nn.Sequential(*[Block(config) for _ in range(config.n_layer)])
         self.ln_f = make_norm(config.norm, config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head_bias)
         self.apply(self._init_weights)
         if config.tie_weights:
             # One (vocab, n_embd) matrix reads tokens in and scores them out (Press & Wolf 2017):
