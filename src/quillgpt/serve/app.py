@@ -14,6 +14,12 @@ OpenAI error shape ``{"error": {"message", "type", "param", "code"}}`` (400 bad 
 client sees only the id). Generation runs in ``Scheduler``'s worker thread; each request reads
 its tokens from an asyncio queue.
 
+Layout: the routes are plain functions on ``router``. Each finds the ``Server`` (the run, its
+tokenizer, scheduler and limits) on ``request.app.state.server``, checks its request and hands
+it to ``Server.respond`` (completions: a JSON answer or an event stream, built in that one
+place) or ``Server.inspect``. ``create_app`` only assembles the app; the scheduler's worker
+starts and stops with the app's lifespan.
+
 Every field is bounded in what it costs, so one request cannot stall the event loop (and so
 ``/health`` and every other client): at most 4 stop strings of at most ``max_stop_chars``
 characters, matched in time linear in the text; ``n`` and ``max_tokens`` capped; prompts
@@ -37,7 +43,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -45,7 +51,7 @@ from importlib import resources
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
@@ -54,8 +60,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from quillgpt.chat import ROLES, Message, end_id, has_chat_format, prompt_ids
 from quillgpt.checkpoint import LoadedRun
+from quillgpt.config import ModelConfig
 from quillgpt.errors import QuillError
-from quillgpt.models.inspect import inspect, top_alternatives
+from quillgpt.models.introspect import inspect, top_alternatives
 from quillgpt.serve.batching import RowParams
 from quillgpt.serve.scheduler import QueueFullError, Scheduler, Sequence
 from quillgpt.tokenizers import StreamDecoder, Tokenizer
@@ -201,6 +208,60 @@ def read_sampling(body: dict[str, Any], options: ServeOptions, default_max_token
     return Sampling(max_tokens, params, seed, n, stops, stream, bool(stream_options.get("include_usage", False)))
 
 
+def read_prompts(body: dict[str, Any]) -> list[str]:
+    prompt = body.get("prompt", "")
+    texts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise APIError(400, "prompt must be a string or a non-empty list of strings", param="prompt",
+                       code="invalid_value")
+    return texts
+
+
+def read_messages(raw: Any, block_size: int) -> list[Message]:
+    if not isinstance(raw, list) or not raw:
+        raise APIError(400, "messages must be a non-empty list of {role, content} objects", param="messages",
+                       code="invalid_value")
+    if len(raw) > block_size:  # each message takes at least one token (its role)
+        raise APIError(400, f"{len(raw)} messages cannot fit the model's context of {block_size} tokens",
+                       param="messages", code="context_length_exceeded")
+    messages = []
+    for i, item in enumerate(raw):
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            content = "".join(p for p in parts if isinstance(p, str)) if len(parts) == len(content) else None
+        role = item.get("role") if isinstance(item, dict) else None
+        if role == "developer":
+            role = "system"
+        if role not in ROLES or not isinstance(content, str):
+            raise APIError(400, f"messages[{i}] needs a role ({', '.join(ROLES)}) and text content",
+                           param=f"messages[{i}]", code="invalid_value")
+        messages.append(Message(role, content))
+    return messages
+
+
+@dataclass
+class InspectQuery:
+    text: str  # the tail of the client's text that is tokenized
+    cut: int  # characters left out before it
+    layer: int
+    head: int
+    top_k: int
+
+
+def read_inspect(body: dict[str, Any], shape: ModelConfig, max_prompt_chars: int) -> InspectQuery:
+    text = body.get("text")
+    if not isinstance(text, str) or not text:
+        raise APIError(400, "text must be a non-empty string", param="text", code="invalid_value")
+    layer = get_number(body, "layer", 0, 0, shape.n_layer - 1, integer=True)
+    head = get_number(body, "head", 0, 0, shape.n_head - 1, integer=True)
+    k = get_number(body, "top_k", 5, 1, 50, integer=True)
+    # Only the newest block_size tokens are shown: tokenize only a tail that surely holds them
+    # (twice what the context can hold, so the cut does not change the tokens kept).
+    cut = max(0, len(text) - 2 * max_prompt_chars)
+    return InspectQuery(text[cut:], cut, layer, head, k)
+
+
 # ---------------------------------------------------------------------------------------
 # Turning one sequence's tokens into text, with stop strings
 # ---------------------------------------------------------------------------------------
@@ -252,12 +313,24 @@ class Choice:
 
 
 # ---------------------------------------------------------------------------------------
-# The app
+# The server: one run, its scheduler and limits; checked requests in, answers out
 # ---------------------------------------------------------------------------------------
 
 
 @dataclass
+class Completion:
+    """A checked, tokenized completion request: what ``Server.respond`` answers."""
+
+    prompts: list[list[int]]
+    sampling: Sampling
+    chat: bool
+    stop_ids: frozenset[int] = frozenset()  # tokens that end a choice and are not sent (chat: <|end|>)
+
+
+@dataclass
 class Server:
+    """What the routes share, kept on ``app.state.server``."""
+
     run: LoadedRun
     options: ServeOptions
     scheduler: Scheduler
@@ -277,6 +350,8 @@ class Server:
     def chat(self) -> bool:
         return has_chat_format(self.tokenizer)
 
+    # -- checks -----------------------------------------------------------------------------
+
     def check_key(self, request: Request) -> None:
         key = self.options.api_key
         if key is None:
@@ -295,6 +370,12 @@ class Server:
         if model != self.name:
             raise APIError(404, f"the model {model!r} does not exist: this server has {self.name!r}",
                            param="model", code="model_not_found")
+
+    def check_chat(self) -> None:
+        if not self.chat:
+            raise APIError(400, f"{self.name} has no chat format (its tokenizer lacks the chat tokens): use "
+                           "/v1/completions, or finetune it on conversations with quill sft",
+                           param="messages", code="chat_not_supported")
 
     @property
     def max_prompt_chars(self) -> int:
@@ -317,6 +398,8 @@ class Server:
                            f"queues at most {limit} (--max-queue): send fewer prompts or a smaller n",
                            param=param, code="too_many_sequences")
 
+    # -- tokenizing (slow for long text: called in a thread, off the event loop) ---------------
+
     def encode(self, text: str, param: str) -> list[int]:
         try:
             ids = self.tokenizer.encode(text) if text else self.tokenizer.start_ids()
@@ -324,12 +407,26 @@ class Server:
             raise APIError(400, str(exc), param=param, code="invalid_prompt") from None
         return self.check_length(ids, param)
 
+    def encode_chat(self, messages: list[Message]) -> list[int]:
+        try:
+            return self.check_length(prompt_ids(self.tokenizer, messages), "messages")
+        except QuillError as exc:
+            raise APIError(400, str(exc), param="messages", code="invalid_prompt") from None
+
     def check_length(self, ids: list[int], param: str) -> list[int]:
         block = self.scheduler.block_size
         if len(ids) > block:
             raise APIError(400, f"the prompt has {len(ids)} tokens but the model's context is {block}: "
                            "shorten the prompt", param=param, code="context_length_exceeded")
         return ids
+
+    # -- answers that need no generation ---------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        s = self.scheduler.stats
+        return {"status": "ok", "model": self.name, "active": self.scheduler.active,
+                "waiting": self.scheduler.waiting, "tokens_generated": s.tokens_generated, "decode_steps": s.steps,
+                "prefills": s.prefills, "max_batch_seen": s.max_batch_seen}
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "quillgpt"}
@@ -342,31 +439,110 @@ class Server:
                 "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "chat": self.chat,
                 "max_tokens_cap": self.options.max_tokens_cap}
 
-    def sequences(self, prompts: list[list[int]], sampling: Sampling, stop_ids: frozenset[int],
-                  emit: Callable[[int, int | None], None]) -> list[Sequence]:
+    # -- /v1/inspect -------------------------------------------------------------------------
+
+    async def inspect(self, request: Request, query: InspectQuery) -> bytes:
+        """Run ``inspect_json`` in the scheduler's worker: queued and bounded like generation."""
+        try:
+            future = self.scheduler.call(lambda: self.inspect_json(query))
+        except QueueFullError as exc:
+            raise busy(exc, self.options.retry_after_s) from None
+        return await wait_for_job(request, future)
+
+    def inspect_json(self, query: InspectQuery) -> bytes:
+        try:
+            ids = self.tokenizer.encode(query.text)
+        except QuillError as exc:
+            raise APIError(400, str(exc), param="text", code="invalid_prompt") from None
+        c = self.run.config.model
+        offset = max(0, len(ids) - c.block_size)  # longer than the context: its newest block_size tokens
+        ids = ids[offset:]
+        model = self.run.model
+        seen = inspect(model, torch.tensor(ids, dtype=torch.long, device=model.lm_head.weight.device))
+        top_ids, top_probs = top_alternatives(seen.probs, query.top_k)
+        weights = seen.attention[query.layer, query.head]
+        return json.dumps({
+            "model": self.name, "layer": query.layer, "head": query.head, "n_layer": c.n_layer, "n_head": c.n_head,
+            "offset": offset, "truncated_chars": query.cut, "token_ids": ids,
+            "tokens": [token_text(self.tokenizer, i) for i in ids],
+            "attention": [[round(w, 4) for w in row[: t + 1]] for t, row in enumerate(weights.tolist())],
+            # P(token t | tokens before it), for t >= 1: how expected each token on screen was.
+            "token_probs": [None] + [round(seen.probs[t - 1, ids[t]].item(), 4) for t in range(1, len(ids))],
+            "alternatives": [[{"token": token_text(self.tokenizer, i), "id": i, "prob": round(p, 4)}
+                              for i, p in zip(row_ids, row_probs, strict=True)]
+                             for row_ids, row_probs in zip(top_ids, top_probs, strict=True)],
+        }).encode()
+
+    # -- completions -------------------------------------------------------------------------
+
+    async def respond(self, request: Request, job: Completion) -> dict[str, Any] | StreamingResponse:
+        """The one place where a checked completion request becomes its answer: one JSON body
+        once every choice is finished, or server-sent events as the tokens come."""
+        head = {"id": ("chatcmpl-" if job.chat else "cmpl-") + secrets.token_hex(12),
+                "object": "chat.completion" if job.chat else "text_completion", "created": int(time.time()),
+                "model": self.name}
+        tokens = self.generate(request, job)
+        if not job.sampling.stream:
+            return await self.whole_answer(tokens, head, job)
+        first = await anext_or_none(tokens)  # raises 503 (queue full) here, before the response starts
+        head["object"] = "chat.completion.chunk" if job.chat else "text_completion"
+        return StreamingResponse(self.events(first, tokens, head, job), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def whole_answer(self, tokens: AsyncIterator[tuple[int, str, Choice]], head: dict[str, Any],
+                           job: Completion) -> dict[str, Any]:
+        finished: dict[int, Choice] = {}
+        async for index, _, choice in tokens:
+            finished[index] = choice
+        ordered = [finished[i] for i in sorted(finished)]
+        choices = [whole_choice(i, c, job.chat) for i, c in enumerate(ordered)]
+        return {**head, "choices": choices, "usage": self.usage(job, ordered)}
+
+    async def events(self, first: tuple[int, str, Choice] | None, tokens: AsyncGenerator[tuple[int, str, Choice], None],
+                     head: dict[str, Any], job: Completion) -> AsyncIterator[str]:
+        """A role chunk per choice (chat), each choice's text as it comes, the usage if asked, [DONE]."""
+        seen: dict[int, Choice] = {}
+        try:
+            if job.chat:
+                for index in range(len(job.prompts) * job.sampling.n):
+                    yield chunk(head, job.chat, index, "", None, role=True)
+            item = first
+            while item is not None:
+                index, delta, choice = item
+                seen[index] = choice
+                if delta or choice.finish_reason is not None:
+                    yield chunk(head, job.chat, index, delta, choice.finish_reason)
+                item = await anext_or_none(tokens)
+            if job.sampling.include_usage:
+                ordered = [seen[i] for i in sorted(seen)]
+                yield sse({**head, "choices": [], "usage": self.usage(job, ordered)})
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client hangs up mid-stream: its sequences are cancelled
+            await tokens.aclose()
+
+    def sequences(self, job: Completion, emit: Callable[[int, int | None], None]) -> list[Sequence]:
         """One Sequence per (prompt, choice); choice i of a seeded request uses seed + i."""
-        seqs = []
-        for p, ids in enumerate(prompts):
+        sampling, seqs = job.sampling, []
+        for p, ids in enumerate(job.prompts):
             for j in range(sampling.n):
                 index = p * sampling.n + j
                 seed = secrets.randbits(62) if sampling.seed is None else sampling.seed + j
                 generator = torch.Generator().manual_seed(seed % 2**63)
                 seqs.append(Sequence(list(ids), sampling.max_tokens, sampling.params, generator,
-                                     lambda token, i=index: emit(i, token), stop_ids))
+                                     lambda token, i=index: emit(i, token), job.stop_ids))
         return seqs
 
-    async def generate(self, request: Request, prompts: list[list[int]], sampling: Sampling,
-                       stop_ids: frozenset[int]) -> AsyncIterator[tuple[int, str, Choice]]:
+    async def generate(self, request: Request, job: Completion) -> AsyncGenerator[tuple[int, str, Choice], None]:
         """Yield (choice index, new text, choice) as tokens arrive; cancel everything when done or abandoned."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, int | None]] = asyncio.Queue()
 
-        def emit(index: int, token: int | None) -> None:
+        def emit(index: int, token: int | None) -> None:  # in the scheduler's thread
             with suppress(RuntimeError):  # the event loop is closed: the server is shutting down
                 loop.call_soon_threadsafe(queue.put_nowait, (index, token))
 
-        seqs = self.sequences(prompts, sampling, stop_ids, emit)
-        choices = [Choice(StreamDecoder(self.tokenizer), sampling.stops) for _ in seqs]
+        seqs = self.sequences(job, emit)
+        choices = [Choice(StreamDecoder(self.tokenizer), job.sampling.stops) for _ in seqs]
         try:
             self.scheduler.submit(seqs)
         except QueueFullError as exc:
@@ -400,15 +576,144 @@ class Server:
             for seq in seqs:
                 seq.cancel()
 
-    def usage(self, prompts: list[list[int]], sampling: Sampling, choices: list[Choice]) -> dict[str, int]:
-        prompt_tokens = sum(len(p) for p in prompts)
+    def usage(self, job: Completion, choices: list[Choice]) -> dict[str, int]:
+        prompt_tokens = sum(len(p) for p in job.prompts)
         completion = sum(c.tokens for c in choices)
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                 "total_tokens": prompt_tokens + completion}
 
 
-def sse(data: Any) -> str:
-    return f"data: {json.dumps(data)}\n\n"
+# ---------------------------------------------------------------------------------------
+# The routes: plain functions that find the Server on request.app.state
+# ---------------------------------------------------------------------------------------
+
+router = APIRouter()
+STATIC = resources.files("quillgpt.serve") / "static"  # the playground
+
+
+def authorized(request: Request) -> Server:
+    """The app's Server, once the request has shown the API key (when the server has one)."""
+    server: Server = request.app.state.server
+    server.check_key(request)
+    return server
+
+
+async def checked_body(request: Request) -> tuple[Server, dict[str, Any]]:
+    """The Server and the JSON body of a POST to /v1, checked in this order: key, body, model."""
+    server = authorized(request)
+    body = await read_json(request, server.options.max_body_bytes)
+    server.check_model(body)
+    return server, body
+
+
+@router.get("/", include_in_schema=False)
+async def playground() -> FileResponse:
+    return FileResponse(str(STATIC / "index.html"))
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:  # no key: a load balancer's probe has none
+    return request.app.state.server.health()
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [authorized(request).model_card()]}
+
+
+@router.get("/v1/models/{model_id}")
+async def model_card(model_id: str, request: Request) -> dict[str, Any]:
+    server = authorized(request)
+    server.check_model({"model": model_id})
+    return server.model_card()
+
+
+@router.get("/v1/info")
+async def info(request: Request) -> dict[str, Any]:
+    return authorized(request).info()
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Any:
+    server, body = await checked_body(request)
+    texts = read_prompts(body)
+    sampling = read_sampling(body, server.options, default_max_tokens=16)
+    server.check_queue_room(len(texts) * sampling.n, "n" if len(texts) == 1 else "prompt")
+    for text in texts:
+        server.check_chars(text, "prompt")
+    # Bounded now, but a long prompt still takes a while to tokenize: not on the event loop.
+    prompts = await asyncio.to_thread(lambda: [server.encode(t, "prompt") for t in texts])
+    return await server.respond(request, Completion(prompts, sampling, chat=False))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Any:
+    server, body = await checked_body(request)
+    server.check_chat()
+    messages = read_messages(body.get("messages"), server.scheduler.block_size)
+    server.check_chars("".join(m.content for m in messages), "messages")
+    sampling = read_sampling(body, server.options, default_max_tokens=256)
+    server.check_queue_room(sampling.n, "n")
+    prompt = await asyncio.to_thread(server.encode_chat, messages)
+    stop_ids = frozenset({end_id(server.tokenizer)})
+    return await server.respond(request, Completion([prompt], sampling, chat=True, stop_ids=stop_ids))
+
+
+@router.post("/v1/inspect")
+async def inspect_text(request: Request) -> Response:
+    server, body = await checked_body(request)
+    query = read_inspect(body, server.run.config.model, server.max_prompt_chars)
+    return Response(await server.inspect(request, query), media_type="application/json")
+
+
+# ---------------------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------------------
+
+
+def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
+    """A FastAPI app serving ``run``. Its scheduler's worker thread runs during the app's lifespan
+    (as under uvicorn or ``with TestClient(app)``); outside it, requests are queued but never answered."""
+    options = options or ServeOptions()
+    scheduler = Scheduler(run.model.eval(), options.max_batch, options.max_queue)
+    app = FastAPI(title="quillgpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = Server(run, options, scheduler, options.model_name or run.run_dir.resolve().name)
+    app.add_middleware(HostCheck, allowed=allowed_hosts(options))
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, bug)
+    app.include_router(router)
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The one place the scheduler starts and stops: generation runs while the app serves."""
+    scheduler: Scheduler = app.state.server.scheduler
+    scheduler.start()
+    try:
+        yield
+    finally:
+        scheduler.stop()
+
+
+async def api_error(request: Request, exc: APIError) -> JSONResponse:
+    return error_response(exc.status, exc.message, exc.kind, exc.param, exc.code, exc.headers)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own errors (no such route, wrong method) in the OpenAI shape."""
+    message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+    return error_response(exc.status_code, message, "invalid_request_error", code="not_found")
+
+
+async def bug(request: Request, exc: Exception) -> JSONResponse:
+    # The details stay in the server's log: they may show paths, code or other requests' data.
+    request_id = "req-" + secrets.token_hex(8)
+    log.error("internal error in %s %s (%s)", request.method, request.url.path, request_id, exc_info=exc)
+    return error_response(500, f"internal error: the server's log has the details under {request_id}",
+                          "server_error", headers={"x-request-id": request_id})
 
 
 def host_name(host: str) -> str:
@@ -447,214 +752,34 @@ def allowed_hosts(options: ServeOptions) -> frozenset[str]:
     return frozenset(names)
 
 
-def create_app(run: LoadedRun, options: ServeOptions | None = None) -> FastAPI:
-    """A FastAPI app serving ``run``; its scheduler thread starts now and stops at shutdown."""
-    options = options or ServeOptions()
-    model = run.model.eval()
-    scheduler = Scheduler(model, options.max_batch, options.max_queue)
-    server = Server(run, options, scheduler, options.model_name or run.run_dir.resolve().name)
-    scheduler.start()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler.start()
-        yield
-        scheduler.stop()
+# ---------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------
 
-    app = FastAPI(title="quillgpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(HostCheck, allowed=allowed_hosts(options))
-    app.state.server = server
-    static = resources.files("quillgpt.serve") / "static"
-    app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.kind, exc.param, exc.code, exc.headers)
+def whole_choice(index: int, choice: Choice, chat: bool) -> dict[str, Any]:
+    """One finished choice in a JSON (not streamed) answer."""
+    if chat:
+        return {"index": index, "message": {"role": "assistant", "content": choice.text},
+                "finish_reason": choice.finish_reason}
+    return {"index": index, "text": choice.text, "logprobs": None, "finish_reason": choice.finish_reason}
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-        return error_response(exc.status_code, message, "invalid_request_error", code="not_found")
 
-    @app.exception_handler(Exception)
-    async def bug(request: Request, exc: Exception) -> JSONResponse:
-        # The details stay in the server's log: they may show paths, code or other requests' data.
-        request_id = "req-" + secrets.token_hex(8)
-        log.error("internal error in %s %s (%s)", request.method, request.url.path, request_id, exc_info=exc)
-        return error_response(500, f"internal error: the server's log has the details under {request_id}",
-                              "server_error", headers={"x-request-id": request_id})
+def chunk(head: dict[str, Any], chat: bool, index: int, delta: str, finish: str | None, role: bool = False) -> str:
+    """One streamed event: new text of one choice (chat: the first names the role; the last is empty)."""
+    if chat:
+        body: dict[str, Any] = {"role": "assistant", "content": delta} if role else {"content": delta}
+        if finish is not None and not delta:
+            body = {}
+        choice: dict[str, Any] = {"index": index, "delta": body, "finish_reason": finish}
+    else:
+        choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": finish}
+    return sse({**head, "choices": [choice]})
 
-    @app.get("/", include_in_schema=False)
-    async def playground() -> FileResponse:
-        return FileResponse(str(static / "index.html"))
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        s = scheduler.stats
-        return {"status": "ok", "model": server.name, "active": scheduler.active, "waiting": scheduler.waiting,
-                "tokens_generated": s.tokens_generated, "decode_steps": s.steps, "prefills": s.prefills,
-                "max_batch_seen": s.max_batch_seen}
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
-        server.check_key(request)
-        return {"object": "list", "data": [server.model_card()]}
-
-    @app.get("/v1/models/{model_id}")
-    async def model_card(model_id: str, request: Request) -> dict[str, Any]:
-        server.check_key(request)
-        server.check_model({"model": model_id})
-        return server.model_card()
-
-    @app.get("/v1/info")
-    async def info(request: Request) -> dict[str, Any]:
-        server.check_key(request)
-        return server.info()
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
-        server.check_key(request)
-        body = await read_json(request, options.max_body_bytes)
-        server.check_model(body)
-        prompt = body.get("prompt", "")
-        texts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise APIError(400, "prompt must be a string or a non-empty list of strings", param="prompt",
-                           code="invalid_value")
-        sampling = read_sampling(body, options, default_max_tokens=16)
-        server.check_queue_room(len(texts) * sampling.n, "n" if len(texts) == 1 else "prompt")
-        for text in texts:
-            server.check_chars(text, "prompt")
-        # Bounded now, but a long prompt still takes a while to tokenize: not on the event loop.
-        prompts = await asyncio.to_thread(lambda: [server.encode(t, "prompt") for t in texts])
-        return await respond(request, prompts, sampling, frozenset(), chat=False)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        server.check_key(request)
-        body = await read_json(request, options.max_body_bytes)
-        server.check_model(body)
-        if not server.chat:
-            raise APIError(400, f"{server.name} has no chat format (its tokenizer lacks the chat tokens): use "
-                           "/v1/completions, or finetune it on conversations with quill sft",
-                           param="messages", code="chat_not_supported")
-        messages = read_messages(body.get("messages"), server.scheduler.block_size)
-        server.check_chars("".join(m.content for m in messages), "messages")
-        sampling = read_sampling(body, options, default_max_tokens=256)
-        server.check_queue_room(sampling.n, "n")
-
-        def encode() -> list[int]:
-            try:
-                return server.check_length(prompt_ids(server.tokenizer, messages), "messages")
-            except QuillError as exc:
-                raise APIError(400, str(exc), param="messages", code="invalid_prompt") from None
-
-        prompts = [await asyncio.to_thread(encode)]
-        return await respond(request, prompts, sampling, frozenset({end_id(server.tokenizer)}), chat=True)
-
-    async def respond(request: Request, prompts: list[list[int]], sampling: Sampling, stop_ids: frozenset[int],
-                      chat: bool) -> Any:
-        rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
-        head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": server.name}
-        if not sampling.stream:
-            choices: dict[int, Choice] = {}
-            async for index, _, choice in server.generate(request, prompts, sampling, stop_ids):
-                choices[index] = choice
-            ordered = [choices[i] for i in sorted(choices)]
-            if chat:
-                out = [{"index": i, "message": {"role": "assistant", "content": c.text},
-                        "finish_reason": c.finish_reason} for i, c in enumerate(ordered)]
-            else:
-                out = [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
-                       for i, c in enumerate(ordered)]
-            return {**head, "choices": out, "usage": server.usage(prompts, sampling, ordered)}
-        chunk_head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
-        stream = server.generate(request, prompts, sampling, stop_ids)
-        first = await anext_or_none(stream)  # raises 503 (queue full) here, before the response starts
-
-        def chunk(index: int, delta: str, finish: str | None, role: bool = False) -> str:
-            if chat:
-                body: dict[str, Any] = {"role": "assistant", "content": delta} if role else {"content": delta}
-                if finish is not None and not delta:
-                    body = {}
-                choice: dict[str, Any] = {"index": index, "delta": body, "finish_reason": finish}
-            else:
-                choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": finish}
-            return sse({**chunk_head, "choices": [choice]})
-
-        async def events() -> AsyncIterator[str]:
-            seen: dict[int, Choice] = {}
-            try:
-                if chat:
-                    for i in range(len(prompts) * sampling.n):
-                        yield chunk(i, "", None, role=True)
-                pending = [first] if first is not None else []
-                while True:
-                    for index, delta, choice in pending:
-                        seen[index] = choice
-                        if delta or choice.finish_reason is not None:
-                            yield chunk(index, delta, choice.finish_reason)
-                    item = await anext_or_none(stream)
-                    if item is None:
-                        break
-                    pending = [item]
-                if sampling.include_usage:
-                    ordered = [seen[i] for i in sorted(seen)]
-                    yield sse({**chunk_head, "choices": [], "usage": server.usage(prompts, sampling, ordered)})
-                yield "data: [DONE]\n\n"
-            finally:
-                await stream.aclose()
-
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    @app.post("/v1/inspect")
-    async def inspect_text(request: Request) -> Response:
-        server.check_key(request)
-        body = await read_json(request, options.max_body_bytes)
-        server.check_model(body)
-        text = body.get("text")
-        if not isinstance(text, str) or not text:
-            raise APIError(400, "text must be a non-empty string", param="text", code="invalid_value")
-        c = run.config.model
-        layer = get_number(body, "layer", 0, 0, c.n_layer - 1, integer=True)
-        head = get_number(body, "head", 0, 0, c.n_head - 1, integer=True)
-        k = get_number(body, "top_k", 5, 1, 50, integer=True)
-        # Only the newest block_size tokens are shown: tokenize only a tail that surely holds them
-        # (twice what the context can hold, so the cut does not change the tokens kept).
-        cut = max(0, len(text) - 2 * server.max_prompt_chars)
-        text = text[cut:]
-
-        def work() -> bytes:  # in the scheduler's worker: queued and bounded like generation
-            try:
-                ids = server.tokenizer.encode(text)
-            except QuillError as exc:
-                raise APIError(400, str(exc), param="text", code="invalid_prompt") from None
-            offset = max(0, len(ids) - c.block_size)  # longer than the context: its newest block_size tokens
-            ids = ids[offset:]
-            seen = inspect(model, torch.tensor(ids, dtype=torch.long, device=model.lm_head.weight.device))
-            top_ids, top_probs = top_alternatives(seen.probs, k)
-            weights = seen.attention[layer, head]
-            return json.dumps({
-                "model": server.name, "layer": layer, "head": head, "n_layer": c.n_layer, "n_head": c.n_head,
-                "offset": offset, "truncated_chars": cut, "token_ids": ids,
-                "tokens": [token_text(server.tokenizer, i) for i in ids],
-                "attention": [[round(w, 4) for w in row[: t + 1]] for t, row in enumerate(weights.tolist())],
-                # P(token t | tokens before it), for t >= 1: how expected each token on screen was.
-                "token_probs": [None] + [round(seen.probs[t - 1, ids[t]].item(), 4) for t in range(1, len(ids))],
-                "alternatives": [[{"token": token_text(server.tokenizer, i), "id": i, "prob": round(p, 4)}
-                                  for i, p in zip(row_ids, row_probs, strict=True)]
-                                 for row_ids, row_probs in zip(top_ids, top_probs, strict=True)],
-            }).encode()
-
-        try:
-            future = scheduler.call(work)
-        except QueueFullError as exc:
-            raise busy(exc, options.retry_after_s) from None
-        return Response(await wait_for_job(request, future), media_type="application/json")
-
-    return app
+def sse(data: Any) -> str:
+    return f"data: {json.dumps(data)}\n\n"
 
 
 async def wait_for_job(request: Request, future: Future[Any]) -> Any:
@@ -672,29 +797,6 @@ async def wait_for_job(request: Request, future: Future[Any]) -> Any:
 def busy(exc: QueueFullError, retry_after_s: int) -> APIError:
     return APIError(503, f"the server is busy ({exc}): retry after {retry_after_s} s", kind="server_error",
                     code="queue_full", headers={"Retry-After": str(retry_after_s)})
-
-
-def read_messages(raw: Any, block_size: int) -> list[Message]:
-    if not isinstance(raw, list) or not raw:
-        raise APIError(400, "messages must be a non-empty list of {role, content} objects", param="messages",
-                       code="invalid_value")
-    if len(raw) > block_size:  # each message takes at least one token (its role)
-        raise APIError(400, f"{len(raw)} messages cannot fit the model's context of {block_size} tokens",
-                       param="messages", code="context_length_exceeded")
-    messages = []
-    for i, item in enumerate(raw):
-        content = item.get("content") if isinstance(item, dict) else None
-        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-            parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            content = "".join(p for p in parts if isinstance(p, str)) if len(parts) == len(content) else None
-        role = item.get("role") if isinstance(item, dict) else None
-        if role == "developer":
-            role = "system"
-        if role not in ROLES or not isinstance(content, str):
-            raise APIError(400, f"messages[{i}] needs a role ({', '.join(ROLES)}) and text content",
-                           param=f"messages[{i}]", code="invalid_value")
-        messages.append(Message(role, content))
-    return messages
 
 
 def token_text(tokenizer: Tokenizer, token_id: int) -> str:
