@@ -2,7 +2,7 @@
 
 Models are built in-process with random weights (gains, biases and the lm_head bias all
 non-zero, so every mapping and the bias fold matter) and saved as run directories; no
-training, no network.
+network. One test trains a real run with `quill train` (a few seconds).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from quillgpt.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, byte_alp
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n"
 
 
-def randomize(model: GPT, seed: int = 0, head_bias: bool = True) -> GPT:
+def randomize(model: GPT, seed: int = 0) -> GPT:
     """Random weights everywhere (norm gains near 1), so no mapping is tested on zeros or ones."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -38,15 +38,14 @@ def randomize(model: GPT, seed: int = 0, head_bias: bool = True) -> GPT:
                 param.copy_(1.0 + 0.2 * noise)
             else:
                 param.copy_(0.2 * noise if param.dim() == 1 else noise / param.shape[-1] ** 0.5)
-        if not head_bias:
-            model.lm_head.bias.zero_()
     return model.eval()
 
 
 def make_run(path: Path, model_config: ModelConfig, tokenizer: Tokenizer, seed: int = 0, head_bias: bool = True,
              chat: bool = False) -> Path:
     model_config.vocab_size = tokenizer.vocab_size
-    model = randomize(GPT(model_config), seed, head_bias)
+    model_config.head_bias = head_bias
+    model = randomize(GPT(model_config), seed)
     config = RunConfig(model=model_config, chat=ChatConfig(chat_data=CHAT_ARITHMETIC) if chat else ChatConfig())
     write_run_files(path, config, tokenizer, {"dataset": "generated", "source": {"name": "generated", "chars": 70,
                                                                                  "sha256": "0" * 64}})
@@ -134,6 +133,34 @@ def test_rope_rms_swiglu_exports_to_llama(tmp_path: Path, capsys: pytest.Capture
     check_greedy(run, tmp_path / "hf", "Speak", 12)
 
 
+def test_a_trained_no_head_bias_run_exports_to_llama_with_quills_greedy_text(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A real `quill train` run: every weight, the head included, has moved from its init.
+    (tmp_path / "text.txt").write_text(TEXT * 20)
+    run = tmp_path / "run"
+    code = main(["train", "--preset", "tiny", "--position", "rope", "--norm", "rms", "--activation", "swiglu",
+                 "--no-head-bias", "--max-iters", "5", "--eval-interval", "5", "--eval-iters", "1",
+                 "--sample-chars", "0", "--no-progress", "--dataset", str(tmp_path / "text.txt"),
+                 "--out-dir", str(run)])
+    assert code == 0, capsys.readouterr().err
+    loaded = load_run(run)
+    assert not loaded.config.model.head_bias and loaded.model.lm_head.bias is None
+    code, output = export(run, tmp_path / "hf", capsys)
+    assert code == 0, output
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "llama"
+    ours, theirs = quill_and_hf_logits(run, tmp_path / "hf")
+    assert (ours - theirs).abs().max() <= 1e-4
+    # transformers' greedy generate writes what `quill sample --top-k 1` prints
+    prompt, new_tokens = "Speak", 11  # the tiny preset's whole context (16): quill crops past it, Llama does not
+    assert main(["sample", str(run), "--prompt", prompt, "--max-new-tokens", str(new_tokens), "--top-k", "1"]) == 0
+    quill_text = capsys.readouterr().out.rstrip("\n")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    generated = hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    assert tokenizer.decode(generated[0]) == quill_text
+
+
 def one_error_line(output: str) -> str:
     lines = output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("quill: error:"), output
@@ -144,7 +171,7 @@ def one_error_line(output: str) -> str:
     (ModelConfig(qk_norm=True), True, "qk_norm"),
     (ModelConfig(arch="lstm"), True, "arch lstm"),
     (ModelConfig(position="rope"), True, "--position rope --norm torch"),
-    (ModelConfig(position="rope", norm="rms", activation="swiglu"), True, "lm_head bias"),
+    (ModelConfig(position="rope", norm="rms", activation="swiglu"), True, "train with --no-head-bias"),
 ])
 def test_what_no_standard_architecture_represents_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                              config: ModelConfig, head_bias: bool,
@@ -290,8 +317,14 @@ def test_gguf_llama_keeps_quills_interleaved_rope_order(tmp_path: Path, capsys: 
     assert fields["tokenizer.ggml.tokens"] == [alphabet[ord(c)] for c in char_tokenizer().chars]
 
 
-def test_gguf_refuses_what_llama_cpp_does_not_compute(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = make_run(tmp_path / "run", ModelConfig(block_size=8, n_layer=1, n_head=1, n_embd=8), char_tokenizer())
+@pytest.mark.parametrize(("flags", "feature"), [
+    ({}, "activation relu"),
+    ({"position": "rope", "norm": "rms", "activation": "swiglu"}, "train with --no-head-bias"),
+])
+def test_gguf_refuses_what_llama_cpp_does_not_compute(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      flags: dict, feature: str) -> None:
+    run = make_run(tmp_path / "run", ModelConfig(block_size=8, n_layer=1, n_head=1, n_embd=8, **flags),
+                   char_tokenizer())
     code, output = export(run, tmp_path / "m.gguf", capsys, "gguf")
-    assert code == 2 and "activation relu" in one_error_line(output)
+    assert code == 2 and feature in one_error_line(output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -63,6 +63,7 @@ def test_imported_gpt2_has_the_same_logits_and_round_trips_every_weight(
     run = load_run(tmp_path / "run")
     assert run.config.model.activation == "gelu_tanh" and run.config.model.qkv_bias
     assert run.config.model.tie_weights == tied
+    assert not run.config.model.head_bias and run.model.lm_head.bias is None  # GPT-2's head has no bias
     hf = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     idx = torch.randint(0, bpe.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

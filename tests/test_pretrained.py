@@ -85,3 +85,9 @@ def test_another_tokenizer_is_refused(pretrained: Path, tmp_path: Path) -> None:
 def test_init_from_keeps_the_model_shape(pretrained: Path) -> None:
     with pytest.raises(ConfigError, match="n_embd is 32 there, not 64.*drop those flags"):
         init_model_config(load_init(pretrained / "runs/pre"), {"n_embd": 64})
+
+
+def test_init_from_keeps_the_head_bias(pretrained: Path) -> None:
+    # head_bias decides whether lm_head.bias exists: a shape field, so the flag is compared too
+    with pytest.raises(ConfigError, match="head_bias is True there, not False"):
+        init_model_config(load_init(pretrained / "runs/pre"), {"head_bias": False})

@@ -34,6 +34,7 @@ from quillgpt.export.hf import (
     LAYERNORM_EPS,
     RMS_EPS,
     ROPE_THETA,
+    check_no_head_bias,
     fold_head_bias,
     special_token_roles,
     target_architecture,
@@ -83,13 +84,12 @@ def gguf_tensors(run: LoadedRun, arch: str) -> dict[str, np.ndarray]:
             out[b + "ffn_down.weight"] = state[p + "ffwd.proj.weight"]
     if arch == "gpt2":
         out["position_embd.weight"] = state["position_embedding_table.weight"]
-        fold = fold_head_bias(state["lm_head.weight"], state["lm_head.bias"], state["ln_f.weight"], state["ln_f.bias"])
+        fold = fold_head_bias(state["lm_head.weight"], state.get("lm_head.bias"), state["ln_f.weight"],
+                              state["ln_f.bias"])
         out["output_norm.weight"], out["output_norm.bias"] = fold.ln_weight, fold.ln_bias
         out["output.weight"] = fold.head
     else:
-        if state["lm_head.bias"].abs().max().item():
-            raise ConfigError("lm_head bias: llama.cpp's llama graph has no output bias and RMSNorm no shift to fold "
-                              "it into; only a model whose head bias is zero exports exactly")
+        check_no_head_bias(state, "llama.cpp's llama graph")
         out["output_norm.weight"], out["output.weight"] = state["ln_f.weight"], state["lm_head.weight"]
     return {name: t.contiguous().numpy().astype(np.float32) for name, t in out.items()}
 

@@ -4,13 +4,16 @@ Each model goes to the standard architecture that computes *exactly* the same fu
 
 - the lecture's GPT (learned positions, LayerNorm, ReLU/GELU, untied or tied head) -> GPT-2
   (``GPT2LMHeadModel``; activation_function "relu", "gelu" or "gelu_new"). GPT-2's Conv1D
-  stores weights as (in, out), the transpose of ``nn.Linear``. quill's lm_head has a bias and
-  GPT-2's has none; ``fold_head_bias`` moves it into ln_f (see there).
+  stores weights as (in, out), the transpose of ``nn.Linear``. quill's lm_head has a bias
+  (unless trained with --no-head-bias) and GPT-2's has none; ``fold_head_bias`` moves it into
+  ln_f (see there).
 - RoPE + RMSNorm + SwiGLU -> Llama (``LlamaForCausalLM``). quill rotates interleaved pairs
   (2i, 2i+1); Llama rotates half-split pairs (i, i + hs/2), so the rows of every head's query
   and key projection are permuted (q.k is unchanged when q and k get the same permutation).
   RMSNorm: weight * x / sqrt(mean(x^2) + eps) in both, eps 1e-6. quill's attention output
   projection has a bias, so attention_bias is on (q/k/v get zero biases without qkv_bias).
+  Llama's head has no bias and RMSNorm no shift to fold one into: such a model is trained
+  with --no-head-bias (a head bias is refused unless it is exactly zero).
 
 Anything else (a zoo model, QK-norm, a mix such as RoPE with LayerNorm) is refused with one
 line naming the feature, rather than exported approximately. Every export is checked before
@@ -101,7 +104,7 @@ class HeadFold:
     route: str  # "none", "least-squares" or "mean-direction"
 
 
-def fold_head_bias(head: torch.Tensor, bias: torch.Tensor, ln_weight: torch.Tensor,
+def fold_head_bias(head: torch.Tensor, bias: torch.Tensor | None, ln_weight: torch.Tensor,
                    ln_bias: torch.Tensor) -> HeadFold:
     """Rewrite logits = W (g * n + beta) + b as W' (g' * n + beta'), exactly, where n = LayerNorm's
     normalized input (mean 0 over features).
@@ -112,8 +115,10 @@ def fold_head_bias(head: torch.Tensor, bias: torch.Tensor, ln_weight: torch.Tens
        g' = 1 and beta' = 1 (any beta' with 1^T beta' != 0 works), W' = W diag(g) + u 1^T and
        u = (W beta + b - W g) / n_embd make W' beta' = W beta + b. W' is then not the embedding
        matrix any more, so a tied model is exported untied.
+
+    ``bias`` None (a model trained with --no-head-bias) has nothing to fold.
     """
-    if not bias.abs().max().item():
+    if bias is None or not bias.abs().max().item():
         return HeadFold(head, ln_weight, ln_bias, "none")
     w, b = head.double(), bias.double()
     c = torch.linalg.lstsq(w, b.unsqueeze(1), driver="gelsd").solution.squeeze(1)
@@ -147,7 +152,8 @@ def gpt2_weights(model: GPT) -> tuple[dict[str, torch.Tensor], bool, str]:
         out[h + "mlp.c_fc.bias"] = state[p + "ffwd.net.0.bias"]
         out[h + "mlp.c_proj.weight"] = state[p + "ffwd.net.2.weight"].t()
         out[h + "mlp.c_proj.bias"] = state[p + "ffwd.net.2.bias"]
-    fold = fold_head_bias(state["lm_head.weight"], state["lm_head.bias"], state["ln_f.weight"], state["ln_f.bias"])
+    fold = fold_head_bias(state["lm_head.weight"], state.get("lm_head.bias"), state["ln_f.weight"],
+                          state["ln_f.bias"])
     out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = fold.ln_weight, fold.ln_bias
     tied = c.tie_weights and fold.route != "mean-direction"
     out["lm_head.weight"] = out["transformer.wte.weight"] if tied else fold.head
@@ -166,15 +172,20 @@ def _permute_heads(rows: torch.Tensor, n_head: int) -> torch.Tensor:
     return per_head[:, rope_permutation(hs)].reshape(rows.shape)
 
 
+def check_no_head_bias(state: dict[str, torch.Tensor], target: str) -> None:
+    """Refuse an lm_head bias for a Llama-style target: RMSNorm has no additive term and the head no
+    bias, so there is no exact place for it. A bias that is exactly zero is dropped (it adds nothing)."""
+    bias = state.get("lm_head.bias")
+    if bias is not None and bias.abs().max().item():
+        raise ConfigError(f"lm_head bias: {target} has no output bias and RMSNorm no shift to fold it into (max |b| "
+                          f"{bias.abs().max().item():.3g}); train with --no-head-bias to export this architecture")
+
+
 def llama_weights(model: GPT) -> tuple[dict[str, torch.Tensor], bool]:
     """Llama state dict (``LlamaForCausalLM`` names) and whether it stays tied."""
     c = model.config
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    head_bias = state["lm_head.bias"]
-    if head_bias.abs().max().item():
-        # RMSNorm has no additive term and Llama's head no bias: no exact place for it.
-        raise ConfigError(f"lm_head bias: Llama has no output bias and RMSNorm no shift to fold it into (max |b| "
-                          f"{head_bias.abs().max().item():.3g}); only a model whose head bias is zero exports exactly")
+    check_no_head_bias(state, "Llama")
     out: dict[str, torch.Tensor] = {"model.embed_tokens.weight": state["token_embedding_table.weight"],
                                     "model.norm.weight": state["ln_f.weight"]}
     for i in range(c.n_layer):

@@ -6,7 +6,7 @@ tokens at ids 0-5) or a character vocabulary (what ``quill export`` writes for a
 GPT-2 maps onto quill's flags: learned positions, LayerNorm (eps 1e-5), activation
 gelu_tanh ("gelu_new"), gelu or relu, qkv_bias (GPT-2's c_attn has biases; dropped when
 they are all zero, as in a quill export), tie_weights when lm_head is the embedding, and
-a zero lm_head bias (GPT-2's head has none). Conv1D weights are (in, out): transposed.
+no head bias (head_bias False: GPT-2's head has none). Conv1D weights are (in, out): transposed.
 
 The run directory gets one checkpoint (step 0, or the step the exporting quill recorded in
 quill.json), so quill sample/serve/eval/task eval and train --init-from take it.
@@ -68,7 +68,7 @@ def gpt2_model_config(hf: dict[str, Any], folder: Path) -> ModelConfig:
     config = ModelConfig(arch="gpt", vocab_size=need("vocab_size"), block_size=need("n_positions"),
                          n_layer=need("n_layer"), n_head=n_head, n_embd=n_embd, dropout=0.0, attention="fused",
                          norm="torch", position="learned", activation=ACTIVATIONS[activation], qkv_bias=True,
-                         tie_weights=bool(hf.get("tie_word_embeddings", True)))
+                         head_bias=False, tie_weights=bool(hf.get("tie_word_embeddings", True)))
     config.validate()
     return config
 
@@ -107,8 +107,7 @@ def quill_state(hf: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, t
         for ours, theirs in (("sa.proj", "attn.c_proj"), ("ffwd.net.0", "mlp.c_fc"), ("ffwd.net.2", "mlp.c_proj")):
             out[p + ours + ".weight"] = hf[h + theirs + ".weight"].t()  # Conv1D (in, out) -> Linear (out, in)
             out[p + ours + ".bias"] = hf[h + theirs + ".bias"]
-    out["lm_head.weight"] = hf.get("lm_head.weight", hf[t + "wte.weight"])
-    out["lm_head.bias"] = torch.zeros(config.vocab_size)  # GPT-2's head has no bias: zero is exact
+    out["lm_head.weight"] = hf.get("lm_head.weight", hf[t + "wte.weight"])  # no bias: head_bias is False
     return {k: v.contiguous().clone() for k, v in out.items()}
 
 
