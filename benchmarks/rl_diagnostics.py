@@ -24,7 +24,7 @@ import torch
 
 import quillgpt.posttrain.rl as rl
 from quillgpt.chat import end_id, prompt_ids
-from quillgpt.posttrain.evaluate import ChatReport, answer_all
+from quillgpt.posttrain.chat_eval import ChatReport, answer_all
 from quillgpt.posttrain.grpo import GRPO
 from quillgpt.posttrain.reward import load_reward_model, score_replies
 from quillgpt.posttrain.rollout import sample_replies

@@ -4,7 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from quillgpt.bench import (
+from quillgpt.cli import main
+from quillgpt.config import preset
+from quillgpt.data import TokenizerChoice
+from quillgpt.errors import DataError
+from quillgpt.speed import (
     TrainVariant,
     bench_prepare,
     bench_sample,
@@ -14,10 +18,6 @@ from quillgpt.bench import (
     format_sample_table,
     format_train_table,
 )
-from quillgpt.cli import main
-from quillgpt.config import preset
-from quillgpt.data import TokenizerChoice
-from quillgpt.errors import DataError
 
 
 def test_bench_sample_measures_both_paths() -> None:
@@ -67,5 +67,8 @@ def test_bench_prepare_measures_a_child_process(tmp_path: Path, small_text: str)
     assert 50 < result["peak_rss_mb"] < 2000  # a whole python with torch, measured for the child alone
     table = format_prepare_table(result)
     assert "| MB/s | peak RSS |" in table and f"{result['tokens']:,}" in table
+    # every column of the RESULTS table comes from the command (issue 17.12)
+    assert "| tokenizer |" in table and "| characters per token |" in table
+    assert f"| {result['chars'] / result['tokens']:.2f} |" in table
     with pytest.raises(DataError, match="not found"):
         bench_prepare(texts=[str(tmp_path / "missing.txt")])

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from quillgpt.config import ModelConfig, preset
 from quillgpt.data import TokenDataset, TokenizerChoice, prepare_text
 from quillgpt.errors import ConfigError, DataError
-from quillgpt.evaluate import eval_run, evaluate_ids
 from quillgpt.models import build_model
+from quillgpt.text_loss import eval_run, evaluate_ids
 from quillgpt.train import Trainer
 
 TEXT = "caf\u00e9 au lait, s'il vous pla\u00eet. \u4e2d\u6587!\n" * 40

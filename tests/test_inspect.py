@@ -6,7 +6,7 @@ import torch
 from quillgpt.config import ModelConfig
 from quillgpt.errors import ConfigError
 from quillgpt.models import build_model
-from quillgpt.models.inspect import attention_weights
+from quillgpt.models.introspect import attention_weights
 
 CONFIG = dict(vocab_size=20, block_size=12, n_layer=2, n_head=3, n_embd=24, dropout=0.1)
 

@@ -16,7 +16,7 @@ from quillgpt.config import ModelConfig, RunConfig
 from quillgpt.errors import ConfigError
 from quillgpt.models import build_model
 from quillgpt.posttrain.grpo import GRPO
-from quillgpt.posttrain.ppo import PPO, reply_rewards
+from quillgpt.posttrain.ppo import PPO, PPOConfig, reply_rewards
 from quillgpt.posttrain.reward import RewardConfig, load_reward_model, train_reward_model
 from quillgpt.posttrain.rl import RLConfig, RLRun
 from quillgpt.posttrain.rollout import Rollout, RolloutBatch, sample_replies
@@ -43,9 +43,11 @@ def first_token_reward(token_id: int):
 def test_a_tiny_policy_learns_a_trivial_reward(tmp_path: Path, algorithm, center: bool):
     run = tiny_chat_run(tmp_path)
     seven = run.tokenizer.stoi["7"]
-    config = RLConfig(reward="task:arithmetic", digits=1, steps=25, prompts_per_step=8, samples_per_prompt=8,
-                      max_new_tokens=2, lr=1e-2, value_lr=1e-2, kl_coef=0.0, eval_interval=100, eval_questions=5,
-                      center_scores=center, out_dir=str(tmp_path / "out"))
+    # PPOConfig carries value_lr and center_scores; epochs..kl_horizon pinned to RLConfig's (GRPO's) values
+    config = PPOConfig(reward="task:arithmetic", digits=1, steps=25, prompts_per_step=8, samples_per_prompt=8,
+                       max_new_tokens=2, lr=1e-2, value_lr=1e-2, kl_coef=0.0, eval_interval=100, eval_questions=5,
+                       center_scores=center, out_dir=str(tmp_path / "out"),
+                       epochs=1, minibatches=1, kl_target=0.0, kl_horizon=10_000.0)
     rl = RLRun(run, config, algorithm, progress=False, reward=first_token_reward(seven))
     summary = rl.train()
     rewards = [r["reward"] for r in rl.log.read() if r["kind"] == "train"]
@@ -331,7 +333,7 @@ def test_rl_learning_rate_warms_up_then_stays_or_decays_to_zero(decay: bool, fac
 
 def test_rl_config_errors_are_one_line():
     with pytest.raises(ConfigError, match="center_scores"):
-        RLConfig(center_scores=True, samples_per_prompt=1).validate()
+        PPOConfig(center_scores=True, samples_per_prompt=1).validate()
     with pytest.raises(ConfigError, match="unknown reward"):
         RLConfig(reward="magic").validate()
     with pytest.raises(ConfigError, match="steps"):

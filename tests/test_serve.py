@@ -14,9 +14,10 @@ import torch
 import uvicorn
 
 from quillgpt.cli import main
-from quillgpt.models.inspect import inspect
+from quillgpt.commands.serve import is_all_interfaces
+from quillgpt.models.introspect import inspect
 from quillgpt.serve.app import ServeOptions, create_app
-from quillgpt.serve.cli import is_all_interfaces, load_serving_run
+from quillgpt.serve.loading import load_serving_run
 from serve_support import LiveServer, make_run
 
 CAP = 50_000  # large, so the disconnect tests can ask for more tokens than they will ever see

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from quillgpt.serve.app import create_app
-from quillgpt.serve.cli import load_serving_run
+from quillgpt.serve.loading import load_serving_run
 from serve_support import LiveServer, make_run
 
 

@@ -66,7 +66,7 @@ def test_numeric_bench_serve_flags_refuse_bad_values_in_one_line(run_dir: Path, 
     def never(*args: object, **kwargs: object) -> None:  # a value let through must not start a real bench
         raise AssertionError("bench_serve ran")
 
-    monkeypatch.setattr("quillgpt.serve.bench.bench_serve", never)
+    monkeypatch.setattr("quillgpt.serve.load_test.bench_serve", never)
     assert exit_code(["bench", "serve", str(run_dir), f"{flag}={value}"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and flag in err, err

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quillgpt.serve.app import Choice, ServeOptions, create_app
-from quillgpt.serve.cli import load_serving_run
+from quillgpt.serve.loading import load_serving_run
 from quillgpt.tokenizers import CharTokenizer, StreamDecoder
 from serve_support import CHARS, LiveServer, make_run
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from quillgpt.serve.app import ServeOptions, create_app
-from quillgpt.serve.cli import load_serving_run
+from quillgpt.serve.loading import load_serving_run
 from serve_support import LiveServer, make_run
 
 

@@ -134,7 +134,7 @@ class Silent(torch.nn.Module):
 
 def answer_with(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module) -> None:
     """quill task eval and quill calc load the run as usual, then answer with ``model`` instead of its own."""
-    import quillgpt.tasks.cli as task_cli
+    import quillgpt.commands.tasks as task_cli
 
     load = task_cli.load_run
     monkeypatch.setattr(task_cli, "load_run", lambda *args, **kwargs: dataclasses.replace(load(*args, **kwargs),

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from quillgpt.tasks.arithmetic import ALPHABET, Problem, problems, sample_text
-from quillgpt.tasks.evaluate import Report, TaskError, attempt_all, carries, parse_expression
+from quillgpt.tasks.exact_match import Report, TaskError, attempt_all, carries, parse_expression
 
 
 class Oracle(nn.Module):

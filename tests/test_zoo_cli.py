@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from quillgpt.commands.zoo import ZOO_MODELS, parse_budget, parse_models
 from quillgpt.errors import ConfigError
-from quillgpt.zoo_cli import ZOO_MODELS, parse_budget, parse_models
 
 
 def quill(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -67,7 +67,7 @@ def test_parse_models() -> None:
 
 
 def test_table_reports_a_failed_model_without_losing_the_others() -> None:
-    from quillgpt.zoo_cli import format_table
+    from quillgpt.commands.zoo import format_table
 
     rows = [{"model": "gpt", "parameters": 10, "steps": 5, "tokens_per_s": 100.0, "val_loss": 2.0, "val_bpc": 2.9},
             {"model": "rnn", "parameters": 7, "steps": 3, "error": "loss became nan at step 3: lower --lr"}]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import Any
 
 from quillgpt.config import MAX_SEED
 
@@ -61,3 +62,19 @@ def real(low: float | None = None, high: float | None = None, *, above: float | 
 count = whole(1)  # something to do at least once: steps, tokens, problems, a batch
 seed = whole(0, MAX_SEED)
 probability = real(0.0, 1.0)
+
+
+def bounded(kind: Callable[[str], float], lo: float, hi: float) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` in [lo, hi], else a one-line usage error (exit 2)."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:  # also NaN
+            raise argparse.ArgumentTypeError(f"expected {what} in {lo:g}..{hi:g}, got {text!r}")
+        return value
+
+    return parse

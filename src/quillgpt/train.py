@@ -38,6 +38,7 @@ from quillgpt.checkpoint import (
 )
 from quillgpt.config import RunConfig
 from quillgpt.data import TrainingData
+from quillgpt.device import resolve_device, resolve_dtype
 from quillgpt.distributed import Distributed
 from quillgpt.errors import ConfigError, QuillError
 from quillgpt.metrics import MetricsLog, plot_losses
@@ -54,40 +55,8 @@ class _EvalInterruptedError(Exception):
 
 
 # ---------------------------------------------------------------------------------------
-# Hardware and precision
+# Precision (which device and dtype: quillgpt.device)
 # ---------------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device cuda requested but no CUDA GPU is available: use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise TrainingError("device mps requested but Apple MPS is not available: use --device cpu or auto")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        if device.type == "cpu" and _cpu_has_fast_bf16():
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

@@ -24,9 +24,9 @@ from quillgpt.config import ModelConfig, RunConfig, TrainConfig
 from quillgpt.corpora import read_text
 from quillgpt.data import Batches, TokenDataset, prepare_text
 from quillgpt.errors import CheckpointError, ConfigError, DataError, SamplingError, TokenizerError
-from quillgpt.evaluate import evaluate_ids
 from quillgpt.models import build_model
 from quillgpt.sample import generate
+from quillgpt.text_loss import evaluate_ids
 from quillgpt.tokenizers import BPETokenizer, CharTokenizer
 
 TEXT = "\n".join(f"the king and the queen walk to the sea, line {i}." for i in range(300)) + "\n"

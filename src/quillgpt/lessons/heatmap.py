@@ -9,7 +9,7 @@ import torch
 from quillgpt.checkpoint import LoadedRun
 from quillgpt.errors import ConfigError
 from quillgpt.fsutil import atomic_write
-from quillgpt.models.inspect import attention_weights
+from quillgpt.models.introspect import attention_weights
 
 VISIBLE = {" ": "␣", "\n": "\\n", "\t": "\\t"}  # whitespace tokens made readable on the axes
 

@@ -29,7 +29,7 @@ from quillgpt.checkpoint import LoadedRun
 from quillgpt.config import MAX_EXAMPLES, MAX_WIDTH, check_positive_fields, check_range, check_seeds
 from quillgpt.errors import ConfigError
 from quillgpt.metrics import MetricsLog
-from quillgpt.posttrain.evaluate import ChatReport, answer_all
+from quillgpt.posttrain.chat_eval import ChatReport, answer_all
 from quillgpt.posttrain.objectives import dpo_loss
 from quillgpt.posttrain.reward import Pair, PairsConfig, fresh_pairs, split_pairs
 from quillgpt.posttrain.rl import frozen_copy, measure_kl, plot_rl, save_policy

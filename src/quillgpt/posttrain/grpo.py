@@ -3,9 +3,23 @@
 No value network: the baseline of a reply is the mean reward of the other samples of the same
 question, so a group of ``samples_per_prompt`` replies per question is what makes the signal.
 Advantages are the group-normalized rewards, shared by every token of a reply; the loss is
-PPO's clipped surrogate plus beta times the KL estimate to the reference, averaged over all
-reply tokens of the batch (token-level, as in DAPO and nanochat). With one epoch and one
-minibatch the ratio is 1 and this is REINFORCE with a group baseline (nanochat's chat_rl).
+PPO's clipped surrogate plus beta times the KL estimate to the reference. With one epoch and
+one minibatch the ratio is 1 and this is REINFORCE with a group baseline (nanochat's chat_rl).
+
+Where this differs from DeepSeekMath's GRPO (eq. 3 and algorithm 1), and why:
+
+1. The loss is averaged over all reply tokens of the batch (token-level, as in DAPO and
+   nanochat), not over each reply's tokens and then over replies: a long reply counts per
+   token, so short wrong replies are not weighted up.
+2. ``scale_advantages=False`` gives nanochat's ``r - mean``: no division by the group's std,
+   which weights up the questions whose samples barely differ (nearly always or nearly never
+   solved; Liu et al. 2025, "Dr. GRPO"). The default keeps the paper's ``(r - mean) / std``.
+3. The reference is the starting SFT model for the whole run; the paper's iterative variant
+   (updating the reference to the current policy, section 4.1.3) is not done.
+4. The KL coefficient can adapt to a target (``kl_target > 0``, Ziegler et al. 2019); the paper
+   keeps beta fixed. With ``kl_target=0`` (the default) beta is the fixed ``kl_coef``.
+5. The reward is outcome only (exact match, or a reward model's score of the whole reply); the
+   paper's process supervision (a reward per reasoning step) is not implemented.
 """
 
 from __future__ import annotations
@@ -13,28 +27,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quillgpt.posttrain.objectives import AdaptiveKL, clipped_policy_loss, group_advantages, kl_estimate
+from quillgpt.posttrain.objectives import (
+    AdaptiveKL,
+    clipped_policy_loss,
+    group_advantages,
+    kl_estimate,
+    kl_per_reply,
+)
 from quillgpt.posttrain.rl import RLConfig, optimizer_for
-from quillgpt.posttrain.rollout import RolloutBatch, entropy, masked_mean, token_logprobs
-
-
-def minibatches(n: int, count: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """``count`` disjoint random index sets covering range(n)."""
-    return list(torch.randperm(n, generator=generator).chunk(count))
-
-
-@torch.no_grad()
-def sampled_logprobs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    logp = token_logprobs(model(ids)[0], ids)
-    model.train(was_training)
-    return logp
-
-
-def kl_per_reply(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean over replies of the summed per-token KL estimate (the "KL" RLHF reports)."""
-    return float((kl_estimate(logp, ref_logp) * mask).sum() / mask.size(0))
+from quillgpt.posttrain.rollout import (
+    RolloutBatch,
+    entropy,
+    masked_mean,
+    minibatches,
+    sampled_logprobs,
+    token_logprobs,
+)
 
 
 class GRPO:

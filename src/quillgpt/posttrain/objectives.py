@@ -33,6 +33,11 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.expm1(log_ratio) - log_ratio
 
 
+def kl_per_reply(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over replies of the summed per-token KL estimate (the "KL" RLHF reports)."""
+    return float((kl_estimate(logp, ref_logp) * mask).sum() / mask.size(0))
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """GRPO's advantages (Shao et al. 2024, DeepSeekMath, eq. 3): each reward minus the mean of
     its group (the samples of one prompt), divided by the group's standard deviation when

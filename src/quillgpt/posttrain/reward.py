@@ -15,7 +15,6 @@ plus ``reward_head.safetensors`` in the checkpoint and ``reward.json``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from quillgpt.errors import CheckpointError, ConfigError, DataError
 from quillgpt.fsutil import atomic_write_json
 from quillgpt.metrics import MetricsLog
 from quillgpt.posttrain.objectives import bradley_terry_loss, pairwise_accuracy
-from quillgpt.posttrain.rollout import token_logprobs
+from quillgpt.posttrain.rollout import sample_replies, token_logprobs
 from quillgpt.tasks.questions import (
     Question,
     exact_match,
@@ -267,8 +266,6 @@ def policy_pairs(model: nn.Module, tokenizer: Tokenizer, asked: list[Question], 
     the wrong one's shape (bare, or worked in its style), or with probability ``shapes.cross`` in
     the other shape (worked in ``shapes.style``), so that no shape is only ever the loser.
     """
-    from quillgpt.posttrain.rollout import sample_replies
-
     prompts = [prompt_ids(tokenizer, q.messages()) for q in asked for _ in range(samples)]
     rollouts = sample_replies(model, prompts, 32, end_id(tokenizer), generator=torch.Generator().manual_seed(seed))
     rng = random.Random(f"policy-pairs:{seed}")
@@ -426,7 +423,3 @@ def describe(summary: dict[str, Any]) -> str:
     return (f"reward model: held-out pairwise accuracy {100 * summary['val_accuracy']:.2f}% on "
             f"{summary['val_pairs']} pairs (loss {summary['val_loss']:.4f}, mean margin {summary['val_margin']:.2f})"
             f"{own}; {summary['steps']} steps in {summary['seconds']:.0f} s")
-
-
-def pairs_to_jsonl(pairs: list[Pair]) -> str:
-    return "".join(json.dumps(dataclasses.asdict(p)) + "\n" for p in pairs)

@@ -39,8 +39,10 @@ from quillgpt.config import (
 from quillgpt.errors import ConfigError
 from quillgpt.fsutil import atomic_write, atomic_write_json
 from quillgpt.metrics import MetricsLog
-from quillgpt.posttrain.evaluate import ChatReport, answer_all
-from quillgpt.posttrain.rollout import Rollout, RolloutBatch, sample_replies
+from quillgpt.posttrain.chat_eval import ChatReport, answer_all
+from quillgpt.posttrain.objectives import kl_per_reply
+from quillgpt.posttrain.reward import load_reward_model
+from quillgpt.posttrain.rollout import Rollout, RolloutBatch, sample_replies, sampled_logprobs
 from quillgpt.tasks.questions import Question, exact_match, fresh_questions, questions
 from quillgpt.tokenizers import Tokenizer
 
@@ -49,7 +51,8 @@ RewardFn = Callable[[list[Question], list[Rollout]], torch.Tensor]
 
 @dataclass
 class RLConfig:
-    """``quill rl ppo|grpo``: every field is a flag. Defaults suit GRPO; PPO's are set by ``ppo_defaults``."""
+    """``quill rl grpo``, and the fields PPO shares: every field is a flag. Defaults suit GRPO;
+    ``ppo.PPOConfig`` adds PPO's own fields and changes some defaults."""
 
     reward: str = "task:arithmetic"  # task:arithmetic (exact match 1/0) or model:RM_DIR (a reward model)
     ops: str = "+-"  # the questions asked: operators
@@ -65,17 +68,11 @@ class RLConfig:
     lr_decay: bool = False  # decay the learning rate linearly to zero by the last step (PPO's usual annealing)
     epochs: int = 1  # passes over each batch of rollouts
     minibatches: int = 1  # optimizer steps per pass
-    clip: float = 0.2  # PPO ratio clip (both algorithms)
+    clip: float = 0.2  # PPO's ratio clip (both algorithms use it)
     kl_coef: float = 0.02  # beta: weight of the KL penalty to the reference
     kl_target: float = 0.0  # > 0: adapt kl_coef so the KL per reply tracks this (Ziegler et al. 2019)
     kl_horizon: float = 10_000.0
     scale_advantages: bool = True  # GRPO: divide by the group's std (False: nanochat's r - mean)
-    gamma: float = 1.0  # PPO: discount
-    lam: float = 0.95  # PPO: GAE lambda
-    vf_coef: float = 0.5  # PPO: weight of the value loss
-    value_clip: float = 0.2  # PPO: value clip
-    value_lr: float = 1e-4  # PPO: value model learning rate
-    center_scores: bool = False  # PPO: subtract each question's mean score over its samples (see ppo.PPO)
     unfinished_reward: float = -1.0  # model reward: a reply that never ends gets this, not a score
     grad_clip: float = 1.0
     eval_interval: int = 25
@@ -95,11 +92,8 @@ class RLConfig:
             raise ConfigError("kl_coef and kl_target must be >= 0 and clip in (0, 1)")
         if not (self.reward == "task:arithmetic" or self.reward.startswith("model:")):
             raise ConfigError(f"unknown reward {self.reward!r}: use task:arithmetic or model:RM_DIR")
-        if self.center_scores and self.samples_per_prompt < 2:
-            raise ConfigError("center_scores needs samples_per_prompt >= 2 (a question's mean score is the baseline)")
         if (self.prompts_per_step * self.samples_per_prompt) % self.minibatches:
             raise ConfigError("prompts_per_step * samples_per_prompt must divide into minibatches evenly")
-
 
     def _check_bounds(self) -> None:
         """Finite numbers, and sizes that fit in memory (one step holds prompts x samples rollouts)."""
@@ -107,12 +101,10 @@ class RLConfig:
                            ("max_new_tokens", MAX_BLOCK_SIZE), ("epochs", 1000), ("minibatches", MAX_WIDTH),
                            ("eval_questions", MAX_EXAMPLES)):
             check_range(self, name, high=high)
-        for name in ("top_k", "warmup", "kl_coef", "kl_target", "vf_coef", "grad_clip"):
+        for name in ("top_k", "warmup", "kl_coef", "kl_target", "grad_clip"):
             check_range(self, name, low=0)
-        for name in ("lr", "temperature", "kl_horizon", "value_clip", "value_lr"):
+        for name in ("lr", "temperature", "kl_horizon"):
             check_range(self, name, above=0)
-        for name in ("gamma", "lam"):
-            check_range(self, name, 0, 1)
         check_range(self, "unfinished_reward")
         check_seeds(self, "eval_seed", "seed")
 
@@ -134,8 +126,6 @@ def task_reward(tokenizer: Tokenizer) -> RewardFn:
 def model_reward(path: str, tokenizer: Tokenizer, unfinished: float, device: torch.device) -> RewardFn:
     """A reward model's score of the whole conversation (it shares the policy's tokenizer, so it
     reads the sampled ids as they are); a reply without ``<|end|>`` gets ``unfinished``."""
-    from quillgpt.posttrain.reward import load_reward_model
-
     model, rm_tokenizer = load_reward_model(path, device)
     if rm_tokenizer != tokenizer:
         raise ConfigError(f"the reward model {path} uses another tokenizer than the policy: train it from "
@@ -261,8 +251,6 @@ def measure_kl(policy: nn.Module, reference: nn.Module, tokenizer: Tokenizer, as
                generator: torch.Generator, max_new_tokens: int = 32) -> float:
     """KL(policy || reference) per reply, estimated on replies the policy samples (temperature 1) to
     ``asked``: the same yardstick for every algorithm (the x axis of the DPO paper's Fig. 2)."""
-    from quillgpt.posttrain.grpo import kl_per_reply, sampled_logprobs
-
     prompts = [prompt_ids(tokenizer, q.messages()) for q in asked]
     rollouts = sample_replies(policy, prompts, max_new_tokens, end_id(tokenizer), generator=generator)
     batch = RolloutBatch.from_rollouts(rollouts, end_id(tokenizer), next(policy.parameters()).device)

@@ -95,6 +95,22 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
 
+@torch.no_grad()
+def sampled_logprobs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """``token_logprobs`` of ``ids`` under ``model`` in eval mode (no dropout), without gradients: the
+    "old" and reference log-probabilities that the policy's new ones are compared with."""
+    was_training = model.training
+    model.eval()
+    logp = token_logprobs(model(ids)[0], ids)
+    model.train(was_training)
+    return logp
+
+
+def minibatches(n: int, count: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """``count`` disjoint random index sets covering range(n): the rows of each optimizer step."""
+    return list(torch.randperm(n, generator=generator).chunk(count))
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of each next-token distribution: (B, T-1), from logits (B, T, V)."""
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)

@@ -27,7 +27,6 @@ on waiting work and never runs beside a step.
 from __future__ import annotations
 
 import threading
-import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -263,13 +262,3 @@ class Scheduler:
             self._cache = None
         elif self._cache is not None:
             self._cache.keep(rows)
-
-
-def wait_idle(scheduler: Scheduler, timeout: float = 5.0) -> bool:
-    """Poll until nothing is waiting or active (for tests and the bench)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not scheduler.waiting and not scheduler.active:
-            return True
-        time.sleep(0.01)
-    return False

@@ -1,4 +1,4 @@
-"""The lab's commands of ``quill``: the lessons, the attention heatmap, and the seq2seq task.
+"""The lab's commands: the lessons, the attention heatmap and the seq2seq task.
 
     quill lesson attention | norms | bigram [--text FILE]
     quill attention RUN_DIR --text "ROMEO:" --layer 0 --head 0 --out attn.png
@@ -14,22 +14,20 @@ from typing import Any
 
 from quillgpt import argtypes
 from quillgpt.checkpoint import load_run
+from quillgpt.commands.common import add_run_flags
+from quillgpt.device import resolve_device
 from quillgpt.errors import ConfigError
+from quillgpt.lessons import attention, bigram, norms, seq2seq
+from quillgpt.lessons.heatmap import plot_attention, run_attention
 
 
 def cmd_lesson(args: argparse.Namespace) -> int:
     result: Any
     if args.lesson == "attention":
-        from quillgpt.lessons import attention
-
         result = attention.run(seed=args.seed)
     elif args.lesson == "norms":
-        from quillgpt.lessons import norms
-
         result = norms.run(seed=args.seed)
     else:
-        from quillgpt.lessons import bigram
-
         result = bigram.run(args.text, args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             seed=args.seed)
     failed = [name for name, passed in result.checks.items() if not passed]
@@ -39,9 +37,6 @@ def cmd_lesson(args: argparse.Namespace) -> int:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from quillgpt.lessons.heatmap import plot_attention, run_attention
-    from quillgpt.train import resolve_device
-
     run = load_run(args.run_dir, which=args.checkpoint, device=resolve_device(args.device))
     weights, labels = run_attention(run, args.text, args.layer, args.head)
     out = Path(args.out)
@@ -59,19 +54,14 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 
 def cmd_seq2seq(args: argparse.Namespace) -> int:
-    from quillgpt.lessons.seq2seq import Seq2SeqTask, train
-
-    task = Seq2SeqTask(args.task, args.min_len, args.max_len, args.letters)
-    train(task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_layer=args.n_layer, n_head=args.n_head,
-          n_embd=args.n_embd, n_test=args.n_test, seed=args.seed)
+    task = seq2seq.Seq2SeqTask(args.task, args.min_len, args.max_len, args.letters)
+    seq2seq.train(task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_layer=args.n_layer,
+                  n_head=args.n_head, n_embd=args.n_embd, n_test=args.n_test, seed=args.seed)
     return 0
 
 
-def add_lesson_commands(commands: Any) -> None:
+def add_lesson_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``lesson``, ``attention`` and ``seq2seq`` to the ``quill`` subcommands."""
-    from quillgpt.cli import add_run_flags
-    from quillgpt.lessons.seq2seq import TASKS
-
     lesson = commands.add_parser("lesson", help="the lecture's side roads, runnable: attention, norms, bigram")
     lesson.add_argument("lesson", choices=["attention", "norms", "bigram"])
     lesson.add_argument("--seed", type=argtypes.seed, default=1337)
@@ -94,7 +84,7 @@ def add_lesson_commands(commands: Any) -> None:
     attention.set_defaults(func=cmd_attention)
 
     seq = commands.add_parser("seq2seq", help="train an encoder-decoder with cross-attention on a string task")
-    seq.add_argument("--task", choices=list(TASKS), default="reverse")
+    seq.add_argument("--task", choices=list(seq2seq.TASKS), default="reverse")
     seq.add_argument("--steps", type=argtypes.count, default=600, help="training steps (default 600)")
     seq.add_argument("--min-len", type=argtypes.whole(None, 1000), default=1, help="shortest string (default 1)")
     seq.add_argument("--max-len", type=argtypes.whole(None, 1000), default=10, help="longest string (default 10)")

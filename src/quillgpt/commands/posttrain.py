@@ -1,4 +1,4 @@
-"""The post-training commands of ``quill``.
+"""The post-training commands of ``quill``: a chat model from a pretrained run, then better answers.
 
     quill sft RUN_DIR --data FILE.jsonl|arithmetic     finetune on conversations (loss on replies only)
     quill chat RUN_DIR                                 talk to a chat model (history, streaming, /reset)
@@ -12,35 +12,58 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from quillgpt import argtypes
 from quillgpt.chat import Message, end_id, prompt_ids, require_chat_format
-from quillgpt.checkpoint import load_run
+from quillgpt.checkpoint import LoadedRun, load_run
+from quillgpt.commands.common import (
+    OneLineParser,
+    add_config_flags,
+    add_dataclass_flags,
+    add_run_flags,
+    config_overrides,
+    dataclass_overrides,
+    new_run_dir,
+)
+from quillgpt.commands.training import run_training
+from quillgpt.config import preset
+from quillgpt.device import resolve_device
 from quillgpt.errors import ConfigError, SamplingError
-from quillgpt.pretrained import load_init
+from quillgpt.posttrain.dpo import DPOConfig, describe_pairs, train_dpo
+from quillgpt.posttrain.grpo import GRPO
+from quillgpt.posttrain.ppo import PPO, PPO_ONLY, PPOConfig
+from quillgpt.posttrain.reward import (
+    RewardConfig,
+    describe,
+    evaluate_pairs,
+    load_reward_model,
+    read_pairs,
+    score_replies,
+    train_reward_model,
+)
+from quillgpt.posttrain.rl import RLConfig, RLRun
+from quillgpt.pretrained import init_model_config, load_init
 from quillgpt.sample import check_sampling, stream
 from quillgpt.tokenizers import StreamDecoder
-from quillgpt.train import resolve_device
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    """``quill train --init-from RUN_DIR --preset sft --chat-data DATA``: the one training loop."""
-    from quillgpt.cli import cmd_train
-
-    if args.resume:
-        raise ConfigError("continue an SFT run with quill train --resume RUN_DIR")
+    """The sft preset, finetuned from RUN_DIR on --data, through the same training loop as quill train."""
     # Like reward/rl/dpo, the new run sits beside its source with a suffix (runs/cpu-small -> runs/cpu-small-sft),
     # so the next command can name it without reading this one's output; an existing run there is never reused.
-    out_dir = getattr(args, "train.out_dir", None) or ""
-    setattr(args, "train.out_dir", _out_dir(out_dir, args.run_dir, "sft", args.overwrite))
-    args.init_from, args.config = args.run_dir, None
-    args.preset, args.preset_given = "sft", True
-    setattr(args, "chat.chat_data", args.data)
-    return cmd_train(args)
+    out_dir = new_run_dir(getattr(args, "train.out_dir", None) or "", args.run_dir, "sft", args.overwrite)
+    overrides = config_overrides(args)
+    overrides["train"]["out_dir"] = out_dir
+    overrides["chat"]["chat_data"] = args.data
+    config = preset("sft").replace(overrides)
+    init = load_init(args.run_dir)
+    config.model = init_model_config(init, overrides["model"])  # the model's shape comes from RUN_DIR
+    config.validate()
+    return run_training(config, "sft", init=init, overwrite=args.overwrite, progress=not args.no_progress,
+                        stop_at=args.stop_at)
 
 
 class Conversation:
@@ -121,25 +144,15 @@ def _stream_reply(model: Any, tokenizer: Any, ids: list[int], max_new_tokens: in
     return tokenizer.decode(reply)
 
 
-def _out_dir(given: str, base: str, suffix: str, overwrite: bool) -> str:
-    """The output run directory (default: beside the base run, with a suffix); never reuses a run silently."""
-    out = Path(given) if given else Path(base).parent / f"{Path(base).name}-{suffix}"
-    if (out / "config.json").exists() and not overwrite:
-        raise ConfigError(f"{out} already holds a run: choose another --out-dir, or pass --overwrite to replace it")
-    return str(out)
-
-
-def _configured(args: argparse.Namespace, cls: type, section: str, suffix: str, defaults: dict | None = None) -> Any:
-    """The command's config dataclass from its flags (over ``defaults``), validated, with its output directory."""
-    from quillgpt.cli import dataclass_overrides
-
-    config = cls(**{**(defaults or {}), **dataclass_overrides(args, cls, section)})
+def _configured(args: argparse.Namespace, cls: type, section: str, suffix: str) -> Any:
+    """The command's config dataclass from its flags, validated, with its output directory."""
+    config = cls(**dataclass_overrides(args, cls, section))
     config.validate()
-    config.out_dir = _out_dir(config.out_dir, args.run_dir, suffix, args.overwrite)
+    config.out_dir = new_run_dir(config.out_dir, args.run_dir, suffix, args.overwrite)
     return config
 
 
-def _chat_run(run_dir: str) -> Any:
+def _chat_run(run_dir: str) -> LoadedRun:
     """The SFT run to start from (its best checkpoint); it must have the chat tokens."""
     run = load_init(run_dir)
     require_chat_format(run.tokenizer, str(run.run_dir))
@@ -153,8 +166,6 @@ def _print_outcome(summary: dict[str, Any], kl_what: str) -> None:
 
 
 def cmd_reward_train(args: argparse.Namespace) -> int:
-    from quillgpt.posttrain.reward import RewardConfig, describe, train_reward_model
-
     config = _configured(args, RewardConfig, "reward", "rm")
     base = _chat_run(args.run_dir)
     print(f"training a reward model from {base.run_dir} ({base.checkpoint.name}) on {config.data} pairs")
@@ -165,8 +176,6 @@ def cmd_reward_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reward_score(args: argparse.Namespace) -> int:
-    from quillgpt.posttrain.reward import evaluate_pairs, load_reward_model, read_pairs, score_replies
-
     model, tokenizer = load_reward_model(args.rm_dir, resolve_device(args.device))
     if args.data:
         result = evaluate_pairs(model, tokenizer, read_pairs(args.data))
@@ -181,22 +190,15 @@ def cmd_reward_score(args: argparse.Namespace) -> int:
     return 0
 
 
-# PPO's defaults where they differ from GRPO's: one batch of rollouts feeds 4 epochs x 4 minibatches, and a
-# stronger KL leash that adapts within tens of steps (a learned reward is easy to exploit: with beta 0.05
-# and horizon 10,000 the policy drifted to KL 3 nats per reply and halved its accuracy while the score held).
-PPO_DEFAULTS = {"prompts_per_step": 64, "samples_per_prompt": 2, "epochs": 4, "minibatches": 4,
-                "kl_coef": 0.3, "kl_target": 0.5, "kl_horizon": 1000.0, "lr": 5e-5}
-
-
 def cmd_rl(args: argparse.Namespace) -> int:
-    from quillgpt.posttrain.rl import RLConfig, RLRun
-
     if args.algorithm == "ppo" and getattr(args, "rl.reward", None) is None:
         raise ConfigError("PPO needs a reward: --reward model:RM_DIR (quill reward train) or task:arithmetic")
-    config = _configured(args, RLConfig, "rl", args.algorithm, PPO_DEFAULTS if args.algorithm == "ppo" else {})
-    from quillgpt.posttrain.grpo import GRPO
-    from quillgpt.posttrain.ppo import PPO
-
+    if args.algorithm == "grpo":  # the parser has PPOConfig's flags (one parser for both): refuse PPO's own
+        given = [name for name in PPO_ONLY if getattr(args, f"rl.{name}", None) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag} is a PPO setting (GRPO has no value model): drop it, or use quill rl ppo")
+    config = _configured(args, PPOConfig if args.algorithm == "ppo" else RLConfig, "rl", args.algorithm)
     algorithm = PPO if args.algorithm == "ppo" else GRPO
     policy = _chat_run(args.run_dir)
     policy.model.to(resolve_device(args.device))
@@ -212,8 +214,6 @@ def cmd_rl(args: argparse.Namespace) -> int:
 
 
 def cmd_dpo(args: argparse.Namespace) -> int:
-    from quillgpt.posttrain.dpo import DPOConfig, describe_pairs, train_dpo
-
     config = _configured(args, DPOConfig, "dpo", "dpo")
     policy = _chat_run(args.run_dir)
     print(f"dpo from {policy.run_dir} ({policy.checkpoint.name}) on {config.data} pairs, beta {config.beta}")
@@ -235,10 +235,8 @@ def _from_run(parser: argparse.ArgumentParser, run_help: str) -> argparse.Argume
     return parser
 
 
-def add_posttrain_commands(commands: Any) -> None:
+def add_posttrain_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``sft``, ``chat``, ``reward``, ``rl`` and ``dpo`` to the ``quill`` subcommands."""
-    from quillgpt.cli import OneLineParser, add_config_flags, add_dataclass_flags, add_run_flags
-
     sft = commands.add_parser("sft", help="finetune a trained run on conversations (loss on the replies only)")
     _from_run(sft, "the pretrained run to start from (its best checkpoint)")
     sft.add_argument("--data", default="arithmetic",
@@ -246,7 +244,7 @@ def add_posttrain_commands(commands: Any) -> None:
                           "arithmetic: generated questions like 'What is 17 plus 26?' (default)")
     sft.add_argument("--stop-at", type=argtypes.count, metavar="STEP",
                      help="save a checkpoint and exit after this step (continue with quill train --resume)")
-    sft.set_defaults(func=cmd_sft, resume=None)
+    sft.set_defaults(func=cmd_sft)
     add_config_flags(sft, skip={"chat_data"})  # --data names the conversations; a second flag for them would clash
 
     chat = commands.add_parser("chat", help="talk to a chat model: history, streaming, /reset")
@@ -259,9 +257,6 @@ def add_posttrain_commands(commands: Any) -> None:
     chat.add_argument("--seed", type=argtypes.seed, default=None)
     add_run_flags(chat)
     chat.set_defaults(func=cmd_chat)
-
-    from quillgpt.posttrain.reward import RewardConfig
-    from quillgpt.posttrain.rl import RLConfig
 
     reward = commands.add_parser("reward", help="reward models: train one on preference pairs, score replies")
     reward_commands = reward.add_subparsers(dest="reward_command", required=True, parser_class=OneLineParser)
@@ -281,11 +276,9 @@ def add_posttrain_commands(commands: Any) -> None:
     rl.add_argument("algorithm", choices=["ppo", "grpo"])
     _from_run(rl, POLICY_RUN_HELP)
     rl.add_argument("--device", default="cpu")
-    add_dataclass_flags(rl, RLConfig, "rl", "RL config (PPO changes some defaults, see quill rl --help)",
-                        frozenset())
+    add_dataclass_flags(rl, PPOConfig, "rl", "RL config (defaults: RLConfig for grpo, PPOConfig for ppo; "
+                        "gamma, lam, vf-coef, value-clip, value-lr and center-scores are PPO's only)", frozenset())
     rl.set_defaults(func=cmd_rl)
-
-    from quillgpt.posttrain.dpo import DPOConfig
 
     dpo = commands.add_parser("dpo", help="direct preference optimization on preference pairs")
     _from_run(dpo, POLICY_RUN_HELP)

@@ -4,6 +4,8 @@
     quill export RUN_DIR --format gguf --out F.gguf one GGUF file for llama.cpp / Ollama
     quill import DIR --out RUN_DIR                  a local GPT-2-family folder -> a quill run
 
+transformers and gguf (the export extra) are imported by ``quillgpt.export.require`` inside the
+functions that use them, so the modules imported here are light and a missing extra is one line.
 Outputs are written next to the target under a temporary name and renamed at the end, so a
 refused or failed export leaves nothing behind.
 """
@@ -16,12 +18,18 @@ import shlex
 import time
 from pathlib import Path
 
+from quillgpt.checkpoint import load_run
+from quillgpt.export import check_out_dir, require, staged_dir
+from quillgpt.export.card import model_card
+from quillgpt.export.gguf import export_gguf
+from quillgpt.export.hf import export_hf
+from quillgpt.export.importer import QUILL_META, import_gpt2
 from quillgpt.fsutil import atomic_write_json
 
 FORMATS = ("hf", "gguf")
 
 
-def add_parsers(commands: argparse._SubParsersAction) -> None:
+def add_export_commands(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="write a run as a Hugging Face transformers folder or a GGUF file")
     export.add_argument("run_dir")
     export.add_argument("--format", choices=FORMATS, default="hf", help="hf (transformers folder) or gguf")
@@ -43,22 +51,15 @@ def _command_line(*words: str) -> str:
 def _quiet_transformers() -> None:
     # Progress bars and load reports would bury the one summary line.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from quillgpt.export import require
-
     transformers = require("transformers")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from quillgpt.checkpoint import load_run
-    from quillgpt.export import check_out_dir, require, staged_dir
-
     out = Path(args.out)
     start = time.perf_counter()
     if args.format == "gguf":
-        from quillgpt.export.gguf import export_gguf
-
         require("gguf")
         run = load_run(args.run_dir, which=args.checkpoint)
         result = export_gguf(run, out)
@@ -67,10 +68,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     check_out_dir(out)  # before loading anything
     _quiet_transformers()
-    from quillgpt.export.card import model_card
-    from quillgpt.export.hf import export_hf
-    from quillgpt.export.importer import QUILL_META
-
     run = load_run(args.run_dir, which=args.checkpoint)
     with staged_dir(out) as tmp:
         result = export_hf(run, tmp)
@@ -86,9 +83,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from quillgpt.export import staged_dir
-    from quillgpt.export.importer import import_gpt2
-
     folder = Path(args.folder)
     out = Path(args.out) if args.out else Path("runs") / folder.resolve().name
     start = time.perf_counter()

@@ -1,7 +1,8 @@
-"""The serving commands of ``quill``.
+"""``quill serve`` and ``quill bench serve``.
 
     quill serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--api-key-file PATH]   server + playground at /
-    quill bench serve RUN_DIR [--clients 32] [--requests 200]                    load test on localhost
+
+(``quill bench serve``, the load test, is in commands/bench.py with the other benchmarks.)
 
 The API key comes from ``--api-key-file``, ``QUILL_API_KEY`` or ``--api-key`` (which shows in
 ``ps``). A server reachable from other machines needs one, or ``--insecure-no-key``.
@@ -13,30 +14,13 @@ import argparse
 import ipaddress
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from quillgpt.checkpoint import LoadedRun, load_run
-from quillgpt.errors import CheckpointError, ConfigError
-from quillgpt.models import build_model
-from quillgpt.train import resolve_device
-
-
-def load_serving_run(run_dir: str | Path, which: str = "latest", device: str = "cpu") -> LoadedRun:
-    """Load a GPT run for serving; a run trained with the classic attention is served by the fused
-    module (the same parameters, see models/attention.py), which has the KV cache."""
-    run = load_run(run_dir, which=which, device=resolve_device(device))
-    if run.config.model.arch != "gpt":
-        raise CheckpointError(f"{run.run_dir} is a {run.config.model.arch} model: quill serve needs a GPT run")
-    if run.config.model.attention != "fused":
-        config = run.config.replace({"model": {"attention": "fused"}})
-        model = build_model(config.model)
-        model.load_state_dict(run.model.state_dict())
-        run.model = model.to(run.model.lm_head.weight.device).eval()
-    return run
+from quillgpt.argtypes import bounded
+from quillgpt.errors import ConfigError
+from quillgpt.serve.loading import load_serving_run
 
 
 def is_all_interfaces(host: str) -> bool:
@@ -54,22 +38,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # another name: it may resolve to a public address
-
-
-def bounded(kind: Callable[[str], float], lo: float, hi: float) -> Callable[[str], Any]:
-    """An argparse type: a number of ``kind`` in [lo, hi], else a one-line usage error (exit 2)."""
-    what = "an integer" if kind is int else "a number"
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not lo <= value <= hi:  # also NaN
-            raise argparse.ArgumentTypeError(f"expected {what} in {lo:g}..{hi:g}, got {text!r}")
-        return value
-
-    return parse
 
 
 def read_api_key(args: argparse.Namespace) -> str | None:
@@ -91,6 +59,8 @@ def read_api_key(args: argparse.Namespace) -> str | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # In the function, not at the top: uvicorn and FastAPI take a while to import, and every other
+    # quill command (and quill --help) would pay for them.
     import uvicorn
 
     from quillgpt.serve.app import ServeOptions, create_app
@@ -116,19 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from quillgpt.serve.bench import BenchSpec, bench_serve, format_report
-
-    if not args.run_dir:
-        raise ConfigError("quill bench serve needs a run directory: quill bench serve RUN_DIR")
-    spec = BenchSpec(run_dir=args.run_dir, clients=args.clients, requests=args.requests,
-                     max_tokens=args.tokens_per_request, time_limit_s=args.time_limit, checkpoint=args.checkpoint)
-    spec.validate()
-    print(format_report(bench_serve(spec, progress=lambda line: print(line, file=sys.stderr, flush=True))))
-    return 0
-
-
-def add_serve_commands(commands: argparse._SubParsersAction) -> None:
+def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="serve a run: OpenAI-compatible API and a playground at /")
     serve.add_argument("run_dir")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -155,15 +113,3 @@ def add_serve_commands(commands: argparse._SubParsersAction) -> None:
                        help="torch CPU threads (default: torch's choice)")
     serve.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     serve.set_defaults(func=cmd_serve)
-
-    bench = commands.choices.get("bench")
-    if bench is not None:  # quill bench serve RUN_DIR: its flags live here, with the command
-        bench.add_argument("run_dir", nargs="?", help="serve: the run to serve")
-        bench.add_argument("--clients", type=bounded(int, 1, 4096), default=32,
-                           help="serve: concurrent streaming clients")
-        bench.add_argument("--requests", type=bounded(int, 1, 1_000_000), default=200, help="serve: requests in all")
-        bench.add_argument("--tokens-per-request", type=bounded(int, 1, 1_000_000), default=64,
-                           help="serve: max_tokens of each request")
-        bench.add_argument("--time-limit", type=bounded(float, 0.001, 7 * 86400), default=600.0,
-                           help="serve: give up after this many seconds")
-        bench.add_argument("--checkpoint", default="latest", help="serve: latest or best")

@@ -29,6 +29,9 @@ from tqdm.auto import tqdm
 from quillgpt import argtypes
 from quillgpt.config import RunConfig, preset
 from quillgpt.errors import ConfigError
+from quillgpt.metrics import MetricsLog
+from quillgpt.tasks.dataset import open_dataset
+from quillgpt.train import Trainer, TrainingError
 
 NO_END = 10**9  # max_iters for a time-limited run: the time budget ends it
 
@@ -97,9 +100,6 @@ def check_run_dirs(run_dirs: list[Path]) -> None:
 
 
 def run_one(name: str, config: RunConfig, data: str | None) -> dict[str, Any]:
-    from quillgpt.tasks.dataset import open_dataset
-    from quillgpt.train import Trainer, TrainingError
-
     run_dir = Path(config.train.out_dir)
     if (run_dir / ZOO_MARK).is_file():  # an earlier zoo run of this model (check_run_dirs let nothing else by)
         shutil.rmtree(run_dir)
@@ -133,12 +133,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def plot_zoo(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Left: training loss against wall-clock seconds; right: the final val bits per character."""
+    # matplotlib is imported here, not at the top: it is slow to import and only this function draws.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from quillgpt.metrics import MetricsLog
 
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in rows:

@@ -9,18 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
 
 import torch
 
 from quillgpt import argtypes
 from quillgpt.checkpoint import LoadedRun, load_run
+from quillgpt.commands.common import OneLineParser, add_run_flags
 from quillgpt.config import MAX_DIGITS, TASK_OPS
+from quillgpt.device import resolve_device
 from quillgpt.errors import ConfigError
+from quillgpt.posttrain.chat_eval import ChatReport, answer_all
 from quillgpt.tasks.arithmetic import answer_text, check_steps, parse_answer, problems, prompt_text, readable_step
 from quillgpt.tasks.dataset import arithmetic_tokenizer
-from quillgpt.tasks.evaluate import Report, attempt_all, complete, parse_expression
-from quillgpt.train import resolve_device
+from quillgpt.tasks.exact_match import Report, attempt_all, complete, parse_expression
+from quillgpt.tasks.questions import questions
 
 
 def _arithmetic_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
@@ -36,9 +38,6 @@ def _check_arithmetic(run: LoadedRun) -> LoadedRun:
 
 def _chat_eval(run: LoadedRun, args: argparse.Namespace) -> int:
     """A chat model trained on the built-in questions (quill sft, quill rl): format and exact match."""
-    from quillgpt.posttrain.evaluate import ChatReport, answer_all
-    from quillgpt.tasks.questions import questions
-
     trained = run.config.chat
     digits = args.digits or trained.chat_digits
     n = 500 if args.n is None else args.n
@@ -126,10 +125,8 @@ def cmd_calc(args: argparse.Namespace) -> int:
     return 0 if answer == problem.result else 1
 
 
-def add_task_commands(commands: Any) -> None:
+def add_task_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``task eval`` and ``calc`` to the ``quill`` subcommands."""
-    from quillgpt.cli import OneLineParser, add_run_flags
-
     task = commands.add_parser("task", help="arithmetic tasks: exact-match evaluation")
     task_commands = task.add_subparsers(dest="task_command", required=True, parser_class=OneLineParser)
     task_eval = task_commands.add_parser("eval", help="greedy exact-match accuracy on held-out problems")

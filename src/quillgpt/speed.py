@@ -26,10 +26,11 @@ import torch
 
 from quillgpt.config import RunConfig, preset
 from quillgpt.data import TokenDataset, TokenizerChoice, prepare_text
+from quillgpt.device import resolve_device
 from quillgpt.errors import DataError
 from quillgpt.models import build_model
 from quillgpt.sample import generate
-from quillgpt.train import Trainer, resolve_device
+from quillgpt.train import Trainer
 
 VOCAB = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # Tiny Shakespeare's 65
 
@@ -224,8 +225,9 @@ def format_prepare_table(result: dict) -> str:
     return "\n".join([
         f"quill bench prepare: {r['what']}, tokenizer {r['tokenizer']}, {os.cpu_count()} CPU cores",
         "",
-        "| text | tokens | vocab | wall s | CPU s | MB/s | peak RSS |",
-        "|---|---|---|---|---|---|---|",
-        f"| {r['bytes'] / 1e6:.1f} MB ({r['chars']:,} chars) | {r['tokens']:,} | {r['vocab']:,} | {r['seconds']:.1f} | "
-        f"{r['cpu_seconds']:.1f} | {r['mb_per_s']:.2f} | {r['peak_rss_mb']:.0f} MB |",
+        "| tokenizer | text | tokens | characters per token | wall s | CPU s | MB/s | peak RSS |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {r['tokenizer']} ({r['vocab']:,} tokens) | {r['bytes'] / 1e6:.1f} MB ({r['chars']:,} chars) | "
+        f"{r['tokens']:,} | {r['chars'] / max(1, r['tokens']):.2f} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+        f"{r['mb_per_s']:.2f} | {r['peak_rss_mb']:.0f} MB |",
     ])
