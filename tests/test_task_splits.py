@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from quillgpt.config import preset
+from quillgpt.errors import ConfigError
 from quillgpt.tasks.arithmetic import COMMUTATIVE, OPS, Problem, problems
 
 
@@ -48,3 +51,20 @@ def test_chat_questions_have_disjoint_train_val_and_test_halves() -> None:
     assert not train & val and not train & test and not val & test
     # Another seed's val draw still never meets any test draw: the halves are fixed by the problem.
     assert not {q.problem.canonical for q in questions("+-*", 2, 300, 7, "val")} & test
+
+
+def test_a_small_held_out_half_is_taken_whole_rather_than_failing() -> None:
+    """2-digit addition holds about 500 questions per held-out half: 500 asked gives all of them."""
+    from quillgpt.tasks.arithmetic import available_problems
+    from quillgpt.tasks.questions import questions
+
+    def in_val(p: Problem) -> bool:
+        return p.held_out_half == "val"
+
+    there = int(available_problems("+", 2, "test", in_val))
+    assert 400 < there < 600
+    val = questions("+", 2, 10_000, 0, "val")
+    assert len(val) == there and len({q.problem for q in val}) == there
+    # Large operand ranges are never enumerated: asking for more than can exist is a one-line error.
+    with pytest.raises(ConfigError, match="there are about"):
+        problems("+", 3, 200_000, 0, "test")

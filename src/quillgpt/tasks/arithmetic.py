@@ -122,25 +122,37 @@ def problems(ops: str, digits: int, count: int, seed: int, split: str = "train",
     check_ops(ops)
     if digits < 1:
         raise ValueError(f"operands need at least 1 digit, got {digits}")
-    # Fail at once when the split cannot hold that many (rather than drawing for hours): operands
-    # run over 10**digits values each, and one problem in TEST_BUCKETS is held out.
-    share = 1 / TEST_BUCKETS if split == "test" else 1 - 1 / TEST_BUCKETS
-    if count > len(ops) * 10 ** (2 * digits) * share:
-        raise ConfigError(f"cannot draw {count} distinct {split} problems of {digits}-digit {ops}: there are about "
-                         f"{len(ops) * 10 ** (2 * digits) * share:,.0f}; ask for fewer")
+    available = available_problems(ops, digits, split, keep)
+    if count > available:  # fail at once, rather than drawing for hours
+        raise ConfigError(f"cannot draw {count} distinct {split} problems of {digits}-digit {ops}: there are "
+                          f"{'only' if digits <= SMALL_DIGITS else 'about'} {available:,.0f}; ask for fewer")
     rng = random.Random(f"{ops}:{digits}:{seed}:{split}")
     seen: set[Problem] = set()
     out: list[Problem] = []
     attempts = 0
     while len(out) < count:
         attempts += 1
-        if attempts > 100 * count + 1000:
+        if digits > SMALL_DIGITS and attempts > 100 * count + 1000:  # small spaces were counted exactly
             raise ConfigError(f"cannot draw {count} distinct {split} problems of {digits}-digit {ops}: ask for fewer")
         problem = draw_problem(rng, ops, digits)
         if problem.split == split and (keep is None or keep(problem)) and problem not in seen:
             seen.add(problem)
             out.append(problem)
     return out
+
+
+SMALL_DIGITS = 2  # up to 2-digit operands there are at most 40,000 problems: count them exactly
+
+
+def available_problems(ops: str, digits: int, split: str, keep: Callable[[Problem], bool] | None) -> float:
+    """How many distinct problems ``split`` holds: counted for small operands, estimated for large ones
+    (operands run over 10**digits values each; one problem in TEST_BUCKETS is held out, half of those
+    pass a ``keep`` that picks a held-out half)."""
+    if digits <= SMALL_DIGITS:
+        return sum(1 for op in ops for a in range(10**digits) for b in range(1 if op == "/" else 0, 10**digits)
+                   if (p := Problem(a, op, b)).split == split and (keep is None or keep(p)))
+    share = 1 / TEST_BUCKETS if split == "test" else 1 - 1 / TEST_BUCKETS
+    return len(ops) * 10 ** (2 * digits) * share * (0.5 if keep is not None else 1.0)
 
 
 # ---------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from quillgpt.chat import Message
-from quillgpt.tasks.arithmetic import Problem, draw_problem, problems
+from quillgpt.tasks.arithmetic import SMALL_DIGITS, Problem, available_problems, draw_problem, problems
 
 TEMPLATES = {
     "+": ("What is {a} plus {b}?", "{a} + {b} = ?", "Add {a} and {b}.", "What's the sum of {a} and {b}?",
@@ -106,13 +106,19 @@ QUESTION_SPLITS = ("train", "val", "test")
 
 def questions(ops: str, digits: int, count: int, seed: int, split: str) -> list[Question]:
     """``count`` distinct problems of ``split`` (train, val or test), each worded at random; the same
-    for the same seed. ``val`` and ``test`` are the two halves of the held-out problems."""
+    for the same seed. ``val`` and ``test`` are the two halves of the held-out problems; with operands
+    of 1-2 digits a half may hold fewer than ``count``, and then all of it is returned."""
     if split not in QUESTION_SPLITS:
         raise ValueError(f"unknown question split {split!r}: choose one of {', '.join(QUESTION_SPLITS)}")
     if split == "train":
         chosen = problems(ops, digits, count, seed, "train")
     else:
-        chosen = problems(ops, digits, count, seed, "test", keep=lambda p: p.held_out_half == split)
+        def in_half(p: Problem) -> bool:
+            return p.held_out_half == split
+
+        if digits <= SMALL_DIGITS:  # a half of 2-digit + holds about 500: take all there are rather than fail
+            count = min(count, int(available_problems(ops, digits, "test", in_half)))
+        chosen = problems(ops, digits, count, seed, "test", keep=in_half)
     return _worded(random.Random(f"words:{seed}:{split}"), chosen)
 
 
