@@ -65,7 +65,8 @@ def test_k_micro_batches_equal_one_batch_k_times_larger(tmp_path: Path, dataset_
     batches = [trainer.train_batches.next() for _ in range(3)]
     trainer.train_batches.load_state_dict(state)
     trainer.accumulate_gradients()
-    combined = grads_of(config.model, start, torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+    combined = grads_of(trainer.config.model, start, torch.cat([b[0] for b in batches]),
+                        torch.cat([b[1] for b in batches]))  # the trainer's copy: vocab_size from the tokenizer
     for name, param in trainer.model.named_parameters():
         assert (param.grad - combined[name]).abs().max().item() < 1e-6, name
 

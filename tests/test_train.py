@@ -120,3 +120,12 @@ def test_eval_first_off_skips_only_the_step_zero_eval(tmp_path: Path, dataset_di
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [20, 40]
+
+
+def test_trainer_leaves_the_callers_config_alone(tmp_path: Path, dataset_dir: Path) -> None:
+    config = tiny()
+    before = config.to_dict()
+    trainer = Trainer(config, TokenDataset(dataset_dir), tmp_path / "run", progress=False)
+    assert config.to_dict() == before
+    vocab = TokenDataset(dataset_dir).tokenizer.vocab_size
+    assert trainer.config.model.vocab_size == vocab != before["model"]["vocab_size"]  # set on the trainer's copy

@@ -115,6 +115,8 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class TrainResult:
+    """What one ``Trainer.train`` call did; the losses are the last eval's (None without one)."""
+
     run_dir: Path
     steps: int
     seconds: float
@@ -128,13 +130,25 @@ class TrainResult:
     val_bpc: float | None = None  # the final val loss as bits per character (an estimate)
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """What ``Trainer.train`` does at one step, decided before it trains the step (``Trainer._plan``)."""
+
+    evaluate: bool = False  # estimate train and val loss (every eval_interval steps, and at the end)
+    save: bool = False  # write a checkpoint (every save_every steps, and before stopping); a new best adds one
+    stop: bool = False  # end the run instead of training this step
+    log: bool = False  # after training it, log the mean loss since the last log line
+    signal: str | None = None  # "SIGINT" / "SIGTERM" when a signal is what stops the run
+
+
 class Trainer:
     """Owns the model, optimizer, batches and run directory of one training run."""
 
     def __init__(self, config: RunConfig, dataset: TrainingData, run_dir: str | Path,
                  resume_state: dict[str, Any] | None = None, progress: bool = True,
                  dist: Distributed | None = None) -> None:
-        config.model.vocab_size = dataset.tokenizer.vocab_size
+        # A copy: the caller's config stays as it was; vocab_size comes from the tokenizer.
+        config = config.replace({"model": {"vocab_size": dataset.tokenizer.vocab_size}})
         config.validate()
         dataset.check_block_size(config.model.block_size)
         self.config = config
@@ -270,47 +284,57 @@ class Trainer:
         exactly: a resumed run computes the same numbers as one that never stopped.
         """
         t = self.config.train
-        save_every = t.save_every or t.eval_interval
         start_step, started = self.step, time.perf_counter()
         bar = tqdm(total=t.max_iters, initial=self.step, disable=not self.progress, desc="train",
                    unit="step", dynamic_ncols=True)
         self.model.train()
         self._tick, self._tick_step = time.perf_counter(), self.step - len(self._pending)
-        interrupted = None
         try:
             with self._catch_stop_signals():
                 while True:
-                    if self._stop_requested():
-                        interrupted = self._save_on_stop()
-                        break
-                    is_last = self.step >= t.max_iters or self._out_of_time(started)
+                    plan = self._plan(stop_at, started)
                     new_best = False
-                    eval_due = self.step % t.eval_interval == 0 and (self.step > 0 or t.eval_first)
-                    if (eval_due or is_last) and self.last_eval_step != self.step:
+                    if plan.evaluate:
                         try:
-                            new_best = self._evaluate(started)
+                            new_best = self._evaluate(started, bar)
                         except _EvalInterruptedError:
-                            continue  # saved at the top of the loop; the eval reruns on resume
-                        bar.set_postfix(train=f"{self.last_eval['train_loss']:.4f}",
-                                        val=f"{self.last_eval['val_loss']:.4f}",
-                                        val_bpc=f"{self.last_eval.get('val_bpc', math.nan):.3f}")
-                    paused = stop_at is not None and self.step >= stop_at
-                    save_due = self.step % save_every == 0 or is_last or paused
-                    if self.step > 0 and (new_best or (save_due and self.last_save_step != self.step)):
+                            continue  # the next plan saves and stops; the eval reruns on resume
+                    if plan.save or (new_best and self.step > 0):  # a new best val loss is always kept
                         self.save(new_best)
-                    if is_last or paused:
+                    if plan.stop:
                         break
                     self._pending.append(self.train_step())
                     bar.update(1)
-                    if self.step % t.log_interval == 0:
+                    if plan.log:
                         self._log_train(bar)
         finally:
             bar.close()
-        seconds = time.perf_counter() - started
         last = self.last_eval or {}
-        return TrainResult(self.run_dir, self.step - start_step, seconds, last.get("train_loss"),
-                           last.get("val_loss"), self.eval_seconds, self.best_val, self.best_step,
-                           interrupted, self.skipped_steps, last.get("val_bpc"))
+        return TrainResult(run_dir=self.run_dir, steps=self.step - start_step, seconds=time.perf_counter() - started,
+                           train_loss=last.get("train_loss"), val_loss=last.get("val_loss"),
+                           eval_seconds=self.eval_seconds, best_val_loss=self.best_val, best_step=self.best_step,
+                           interrupted=plan.signal, skipped_steps=self.skipped_steps, val_bpc=last.get("val_bpc"))
+
+    def _plan(self, stop_at: int | None, started: float) -> StepPlan:
+        """Every eval/save/stop/log decision for the step about to train (``self.step``), in one place.
+
+        A stop signal wins (save, stop); otherwise the run ends at max_iters or when its time is
+        spent, and pauses at ``stop_at``; every stop saves first, so ``--resume`` continues exactly.
+        A step is never saved twice, nor evaluated twice (a resumed run restarts at a saved step).
+        """
+        t = self.config.train
+        step = self.step
+        unsaved = step > 0 and self.last_save_step != step  # step 0 holds nothing worth a checkpoint
+        if self._stop_requested():
+            return StepPlan(save=unsaved, stop=True, signal=signal.Signals(self.stop_signal).name)
+        end = step >= t.max_iters or self._out_of_time(started)
+        paused = stop_at is not None and step >= stop_at
+        eval_due = step % t.eval_interval == 0 and (step > 0 or t.eval_first)
+        save_due = step % (t.save_every or t.eval_interval) == 0
+        return StepPlan(evaluate=(eval_due or end) and self.last_eval_step != step,
+                        save=unsaved and (save_due or end or paused),
+                        stop=end or paused,
+                        log=(step + 1) % t.log_interval == 0)  # train_step counts this step: self.step + 1
 
     def _out_of_time(self, started: float) -> bool:
         """The wall-clock budget of this process (``max_minutes``, 0 = none) is spent.
@@ -358,12 +382,6 @@ class Trainer:
         if self.dist.is_main:
             self.metrics.append(record)
 
-    def _save_on_stop(self) -> str:
-        name = signal.Signals(self.stop_signal).name
-        if self.step > 0 and self.last_save_step != self.step:
-            self.save()
-        return name
-
     def _log_train(self, bar: tqdm) -> None:
         """Log the mean loss since the last log; the only host-device sync outside evals."""
         values = self.dist.mean(torch.stack(self._pending)).tolist()  # the mean over all ranks
@@ -386,7 +404,8 @@ class Trainer:
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
         self._tick, self._tick_step, self._pending = now, self.step, []
 
-    def _evaluate(self, started: float) -> bool:
+    def _evaluate(self, started: float, bar: tqdm) -> bool:
+        """Estimate the losses, log and plot them; True when the val loss is the best so far."""
         tic = time.perf_counter()
         losses = self.estimate_loss()
         self.eval_seconds += time.perf_counter() - tic
@@ -399,6 +418,8 @@ class Trainer:
             record["val_bpc"] = bpc  # comparable across tokenizers, unlike the loss per token
         self._record(record)
         self.last_eval = record
+        bar.set_postfix(train=f"{record['train_loss']:.4f}", val=f"{record['val_loss']:.4f}",
+                        val_bpc=f"{record.get('val_bpc', math.nan):.3f}")
         if self.dist.is_main:
             plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}")
         if not math.isfinite(losses["val"]):
