@@ -1,6 +1,7 @@
 """quill import: a GPT-2 built by transformers itself becomes a quill run with the same logits,
 and GPT-2 -> quill -> GPT-2 and quill -> GPT-2 -> quill keep every weight. No network: the
-GPT-2 is random (GPT2Config(n_layer=2, n_embd=32, ...)) and its tokenizer is quill's BPE."""
+GPT-2 is random (GPT2Config(n_layer=2, n_embd=32, ...)) and its tokenizer is quill's BPE, or
+one laid out like GPT-2's own (byte tokens and merges, then <|endoftext|> as the last id)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers  # the export extra: `make test` installs it, so these tests never skip
@@ -28,10 +30,12 @@ def bpe() -> BPETokenizer:
     return BPETokenizer.train([TEXT], 300)
 
 
-def make_gpt2(folder: Path, tokenizer: BPETokenizer, tied: bool = True, activation: str = "gelu_new") -> Path:
+def save_random_gpt2(folder: Path, vocab_size: int, tied: bool = True, activation: str = "gelu_new",
+                     eos_id: int | None = None) -> None:
     """A random GPT-2 saved by transformers, with non-zero biases everywhere (its init zeroes them)."""
-    config = transformers.GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=2,
-                                     activation_function=activation, tie_word_embeddings=tied)
+    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                     activation_function=activation, tie_word_embeddings=tied,
+                                     bos_token_id=eos_id, eos_token_id=eos_id)
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():
@@ -39,6 +43,11 @@ def make_gpt2(folder: Path, tokenizer: BPETokenizer, tied: bool = True, activati
             if name.endswith("bias") or "ln_" in name:
                 param.add_(0.1 * torch.randn_like(param))
     model.save_pretrained(folder)
+
+
+def make_gpt2(folder: Path, tokenizer: BPETokenizer, tied: bool = True, activation: str = "gelu_new") -> Path:
+    """A random GPT-2 with quill's BPE (special tokens at ids 0-5)."""
+    save_random_gpt2(folder, tokenizer.vocab_size, tied, activation)
     for name, data in tokenizer_files(tokenizer, 32, chat=False).items():
         (folder / name).write_text(json.dumps(data))
     return folder
@@ -162,3 +171,124 @@ def test_bad_folders_are_one_line_and_leave_nothing(tmp_path: Path, capsys: pyte
     code, output = run_cli(capsys, "import", str(good), "--out", str(tmp_path / "taken"))
     assert code == 2 and "not empty" in one_error_line(output)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+# ---------------------------------------------------------------------------------------
+# GPT-2's own tokenizer layout: what a real GPT-2 folder (e.g. `gpt2` from the Hub) has
+# ---------------------------------------------------------------------------------------
+
+EOT = "<|endoftext|>"
+SAMPLES = ["the king shall speak", "Zebra \u00e9t\u00e9 \U0001f600\n\tx  y", ""]
+SPELLED_EOT = "<|endoftext|> is text here"  # transformers parses it into the token; quill never does
+
+
+def make_gpt2_own_layout(folder: Path) -> Path:
+    """A random GPT-2 with a GPT-2-layout tokenizer, saved by transformers as GPT-2's is.
+
+    Like GPT-2's: byte-level pre-tokenizer without prefix space, no normalizer, the 256 byte
+    symbols and the merges first, then <|endoftext|> as the last id and the only special token
+    (also in the BPE vocabulary, as in GPT-2's vocab.json, where it is id 50256).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.post_processor = processors.ByteLevel(trim_offsets=False)
+    hf.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=[], show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    data = json.loads(hf.to_str())
+    eot_id = len(data["model"]["vocab"])
+    data["model"]["vocab"][EOT] = eot_id
+    data["added_tokens"] = [{"id": eot_id, "content": EOT, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": True, "special": True}]
+    fast = transformers.GPT2TokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)), bos_token=EOT,
+                                          eos_token=EOT, unk_token=EOT)
+    assert fast.convert_tokens_to_ids(EOT) == eot_id == len(fast) - 1 and eot_id > 256
+    save_random_gpt2(folder, len(fast), eos_id=eot_id)  # GPT-2's config: bos = eos = <|endoftext|>
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gpt2_own(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_gpt2_own_layout(tmp_path_factory.mktemp("own") / "gpt2")
+
+
+def test_gpt2s_own_tokenizer_imports_id_for_id(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                gpt2_own: Path) -> None:
+    run_dir = tmp_path / "run"
+    code, output = run_cli(capsys, "import", str(gpt2_own), "--out", str(run_dir))
+    assert code == 0, output
+    run = load_run(run_dir)
+    theirs = transformers.AutoTokenizer.from_pretrained(gpt2_own)
+    vocab_size = len(theirs)
+    assert isinstance(run.tokenizer, BPETokenizer) and run.tokenizer.vocab_size == vocab_size
+    assert run.tokenizer.special_ids == {EOT: vocab_size - 1}  # by its real id; no chat tokens
+    for text in SAMPLES:
+        ids = run.tokenizer.encode(text)
+        assert ids == theirs(text)["input_ids"], text
+        assert run.tokenizer.decode(ids) == text
+    ids = run.tokenizer.encode(SPELLED_EOT)
+    assert vocab_size - 1 not in ids and run.tokenizer.decode(ids) == SPELLED_EOT
+    assert run.tokenizer.decode([vocab_size - 1]) == EOT
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(gpt2_own, dtype=torch.float32).eval()
+    idx = torch.randint(0, vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (run.model(idx)[0] - hf(input_ids=idx).logits).abs().max() <= 1e-4
+
+    # quill sample's greedy text is transformers' greedy generate, token for token
+    prompt = "the king"
+    prompt_ids = torch.tensor([theirs(prompt)["input_ids"]])
+    generated = hf.generate(prompt_ids, do_sample=False, max_new_tokens=8, min_new_tokens=8,
+                            pad_token_id=vocab_size - 1)
+    capsys.readouterr()  # transformers' loading progress
+    code, output = run_cli(capsys, "sample", str(run_dir), "--prompt", prompt, "--max-new-tokens", "8",
+                           "--top-k", "1")
+    assert code == 0, output
+    assert output.rstrip("\n") == theirs.decode(generated[0]).rstrip("\n")
+
+    # commands that need the chat tokens refuse in one line
+    code, output = run_cli(capsys, "sft", str(run_dir), "--out-dir", str(tmp_path / "sft"))
+    assert code == 2 and "has no chat tokens" in one_error_line(output)
+
+    # quill -> GPT-2: the same tokenizer.json (vocab, merges, added tokens) and the same ids
+    code, output = run_cli(capsys, "export", str(run_dir), "--out", str(tmp_path / "back"))
+    assert code == 0, output
+    before = json.loads((gpt2_own / "tokenizer.json").read_text())
+    after = json.loads((tmp_path / "back" / "tokenizer.json").read_text())
+    for key in ("model", "added_tokens", "pre_tokenizer", "normalizer", "decoder"):
+        assert after[key] == before[key], key
+    back = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    assert back.eos_token == EOT and back.eos_token_id == vocab_size - 1
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["eos_token_id"] == vocab_size - 1
+    for text in SAMPLES:
+        assert back(text)["input_ids"] == theirs(text)["input_ids"], text
+
+
+def test_gpt2_own_layout_evaluates_and_finetunes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  gpt2_own: Path) -> None:
+    """nanoGPT's finetune_shakespeare path: import, prepare with its tokenizer, train --init-from."""
+    run_dir = tmp_path / "run"
+    assert run_cli(capsys, "import", str(gpt2_own), "--out", str(run_dir))[0] == 0
+    (tmp_path / "text.txt").write_text(TEXT)
+    code, output = run_cli(capsys, "eval", str(run_dir), "--text", str(tmp_path / "text.txt"), "--json")
+    assert code == 0, output
+    assert json.loads(output.splitlines()[-1])["loss"] > 0
+    data = tmp_path / "data"
+    code, output = run_cli(capsys, "prepare", "--text", str(tmp_path / "text.txt"), "--out", str(data),
+                           "--tokenizer-from", str(run_dir))
+    assert code == 0, output
+    meta = json.loads((data / "meta.json").read_text())
+    theirs = transformers.AutoTokenizer.from_pretrained(gpt2_own)
+    assert meta["tokenizer"]["special_tokens"] == [EOT]
+    train_ids = np.fromfile(data / "train.bin", dtype=np.uint16)
+    head = TEXT[:200]
+    assert train_ids[:len(theirs(head)["input_ids"]) - 1].tolist() == theirs(head)["input_ids"][:-1]
+    code, output = run_cli(capsys, "train", "--preset", "tiny", "--init-from", str(run_dir), "--dataset", str(data),
+                           "--out-dir", str(tmp_path / "tuned"), "--max-iters", "3", "--eval-interval", "3",
+                           "--eval-iters", "1", "--sample-chars", "0", "--batch-size", "2", "--no-progress")
+    assert code == 0, output
+    tuned = load_run(tmp_path / "tuned")
+    assert tuned.tokenizer == load_run(run_dir).tokenizer and tuned.tokenizer.special_ids == {EOT: len(theirs) - 1}

@@ -154,3 +154,68 @@ def test_char_encode_many_matches_encode() -> None:
                                                                                tok.encode("world\n")]
     with pytest.raises(TokenizerError, match=r"'\\u4e2d'|'\u4e2d'"):
         tok.encode_many(["hello \u4e2d"])
+
+
+# GPT-2's layout: byte tokens and merges first, <|endoftext|> last and the only special token.
+
+EOT = "<|endoftext|>"
+
+
+def gpt2_layout_json(texts: list[str], vocab_size: int = 300) -> dict:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[], show_progress=False,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf.add_special_tokens([EOT])  # numbered after everything else, as in GPT-2 (50256)
+    return json.loads(hf.to_str())
+
+
+@pytest.fixture(scope="module")
+def gpt2_layout() -> BPETokenizer:
+    return BPETokenizer(gpt2_layout_json([ENGLISH]))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text())
+def test_gpt2_layout_round_trips_any_text(gpt2_layout: BPETokenizer, text: str) -> None:
+    ids = gpt2_layout.encode(text)
+    assert gpt2_layout.decode(ids) == text
+    assert gpt2_layout.vocab_size - 1 not in ids  # text never becomes <|endoftext|>
+
+
+def test_gpt2_layout_keeps_its_ids_and_its_one_special_token(gpt2_layout: BPETokenizer) -> None:
+    data = gpt2_layout.to_dict()["hf_tokenizer"]
+    last = gpt2_layout.vocab_size - 1
+    assert gpt2_layout.special_ids == {EOT: last} and last > 256
+    assert gpt2_layout.decode([last]) == EOT and gpt2_layout.token_bytes(last) == EOT.encode()
+    for token, token_id in data["model"]["vocab"].items():  # every id is the JSON's own
+        assert gpt2_layout.hf.id_to_token(token_id) == token
+    n_bytes, _ = covered_text_tables(gpt2_layout)
+    assert n_bytes[last] == 0 and n_bytes[:last].min() >= 1  # the special token stands for no text
+    assert "special tokens: <|endoftext|>" in gpt2_layout.describe()
+    again = tokenizer_from_dict(json.loads(json.dumps(gpt2_layout.to_dict())))
+    assert again == gpt2_layout and again.special_ids == {EOT: last}
+    assert gpt2_layout.to_dict()["special_tokens"] == [EOT]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["added_tokens"][0].update(special=False), "not a special token"),
+    (lambda d: d["model"]["vocab"].pop("\u00ff"), "byte tokens are missing"),  # no merge uses it
+    (lambda d: d["pre_tokenizer"].update(add_prefix_space=True), "prefix space"),
+    (lambda d: d.update(normalizer={"type": "Lowercase"}), "normalizer"),
+])
+def test_gpt2_layout_that_cannot_round_trip_is_refused(change, message: str) -> None:
+    data = gpt2_layout_json([ENGLISH])
+    change(data)
+    with pytest.raises(TokenizerError, match=message):
+        BPETokenizer(data)
+
+
+def test_saved_special_token_names_must_match_the_json(gpt2_layout: BPETokenizer) -> None:
+    data = json.loads(json.dumps(gpt2_layout.to_dict()))
+    data["special_tokens"] = list(SPECIAL_TOKENS)  # claims quill's layout: it is not
+    with pytest.raises(TokenizerError, match="lists special tokens"):
+        tokenizer_from_dict(data)

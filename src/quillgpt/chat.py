@@ -32,7 +32,7 @@ CHAT_TOKENS = (*ROLE_TOKENS.values(), END)
 
 
 def has_chat_format(tokenizer: Tokenizer) -> bool:
-    """Whether the tokenizer has every chat special token (every BPE does; a char one may)."""
+    """Whether the tokenizer has every chat special token (a BPE quill trained does, GPT-2's does not)."""
     return all(name in tokenizer.special_ids for name in CHAT_TOKENS)
 
 

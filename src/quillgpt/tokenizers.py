@@ -11,8 +11,7 @@ directory and checkpoint (``tokenizer.json``), so a run can always decode itself
   decoding gives back exactly the text that was encoded. On top of them come the merges
   learned from the corpus and the special tokens below.
 
-Special tokens of the BPE have fixed ids 0..5, ahead of the bytes, so later features can
-rely on them:
+A BPE that quill trains has its special tokens at fixed ids 0..5, ahead of the bytes:
 
     <|endoftext|>  0   end of a document
     <|pad|>        1   padding in batches of unequal length
@@ -20,6 +19,13 @@ rely on them:
     <|user|>       3   chat: a user turn starts
     <|assistant|>  4   chat: an assistant turn starts
     <|end|>        5   chat: a turn ends
+
+Any other byte-level BPE loads too, with its ids kept exactly as its JSON has them (a
+model's embedding rows follow them): GPT-2's tokenizer has 50,256 byte-level tokens and then
+``<|endoftext|>`` at id 50256 as its only special token. The special tokens and their ids are
+read from the JSON's ``added_tokens``, so code asks ``special_ids`` for an id by name; a
+tokenizer without the chat tokens is refused, in one line, by the commands that need them
+(``chat.require_chat_format``).
 
 A character tokenizer may carry special tokens too (``specials``), appended after its
 characters so that adding them to a trained model keeps every existing id: ``quill sft``
@@ -160,7 +166,12 @@ def byte_alphabet() -> dict[int, str]:
 
 
 class BPETokenizer:
-    """Byte-level BPE: Hugging Face ``tokenizers`` trains and encodes; decoding is ours (bytes)."""
+    """Byte-level BPE: Hugging Face ``tokenizers`` trains and encodes; decoding is ours (bytes).
+
+    ``train`` makes quill's layout (``SPECIAL_TOKENS`` at ids 0-5); loading takes any byte-level
+    BPE without normalizer or prefix space, such as GPT-2's, and keeps its ids and its special
+    tokens (``specials``: name -> id, from ``added_tokens``) as they are.
+    """
 
     kind = "bpe"
 
@@ -174,7 +185,7 @@ class BPETokenizer:
                                  "prepare the data again") from None
         self.hf.encode_special_tokens = True  # text never turns into special tokens
         self._hf_json = hf_json
-        self._check_layout(hf_json)
+        self.specials = self._check_layout(hf_json)
         self._bytes = self._token_byte_table()
 
     @classmethod
@@ -191,27 +202,46 @@ class BPETokenizer:
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         hf.train_from_iterator(texts, trainer)
-        return cls(json.loads(hf.to_str()))
+        tokenizer = cls(json.loads(hf.to_str()))
+        # What quill makes has the reserved layout, so its own datasets and chat runs can rely on it.
+        if tokenizer.specials != {name: i for i, name in enumerate(SPECIAL_TOKENS)}:
+            raise TokenizerError(f"the trained BPE does not have {', '.join(SPECIAL_TOKENS)} at ids 0-5 "
+                                 f"({tokenizer.specials}): the tokenizers library changed how it numbers them")
+        return tokenizer
 
-    def _check_layout(self, hf_json: dict[str, Any]) -> None:
+    def _check_layout(self, hf_json: dict[str, Any]) -> dict[str, int]:
+        """Refuse what quill cannot decode byte for byte; return the special tokens, name -> id."""
         pre = hf_json.get("pre_tokenizer") or {}
-        if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") or hf_json.get("normalizer"):
+        model = hf_json.get("model") or {}
+        if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") \
+                or hf_json.get("normalizer"):
             raise TokenizerError("the tokenizer JSON is not a byte-level BPE without normalizer or prefix "
                                  "space: make it with quill prepare --tokenizer bpe")
-        for token_id, name in enumerate(SPECIAL_TOKENS):
-            if self.hf.token_to_id(name) != token_id:
-                raise TokenizerError(f"special token {name} is not id {token_id} in the tokenizer JSON: "
-                                     "make it with quill prepare --tokenizer bpe")
+        specials: dict[str, int] = {}
+        for token in hf_json.get("added_tokens") or []:
+            # A non-special added token would be matched inside text, which byte-level decoding
+            # cannot account for; GPT-2-family tokenizers have none.
+            if not token.get("special"):
+                raise TokenizerError(f"added token {token.get('content')!r} is not a special token: quill "
+                                     "takes byte-level BPEs whose added tokens are all special")
+            specials[token["content"]] = token["id"]
+        # Every byte must be a token, or text with that byte would silently lose it.
+        missing = [c for c in byte_alphabet().values() if self.hf.token_to_id(c) is None]
+        if missing:
+            raise TokenizerError(f"{len(missing)} of the 256 byte tokens are missing from the tokenizer JSON "
+                                 f"(e.g. {missing[0]!r}): it cannot encode every text")
+        return dict(sorted(specials.items(), key=lambda item: item[1]))
 
     def _token_byte_table(self) -> list[bytes]:
         to_byte = {char: b for b, char in byte_alphabet().items()}
+        special_names = {token_id: name for name, token_id in self.specials.items()}
         table = []
         for token_id in range(self.vocab_size):
             token = self.hf.id_to_token(token_id)
             if token is None:
                 raise TokenizerError(f"token id {token_id} is missing from the tokenizer JSON: prepare the data again")
-            if token_id < len(SPECIAL_TOKENS):
-                table.append(token.encode("utf-8"))
+            if token_id in special_names:  # stands for no bytes of text; shown by its name
+                table.append(special_names[token_id].encode("utf-8"))
                 continue
             try:
                 table.append(bytes(to_byte[c] for c in token))
@@ -226,7 +256,7 @@ class BPETokenizer:
 
     @property
     def special_ids(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(SPECIAL_TOKENS)}
+        return dict(self.specials)
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text).ids
@@ -252,11 +282,15 @@ class BPETokenizer:
         return self.encode("\n")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "version": FORMAT_VERSION, "special_tokens": list(SPECIAL_TOKENS),
+        # special_tokens: the names in id order (quill's six for what quill trained), checked on load.
+        return {"kind": self.kind, "version": FORMAT_VERSION, "special_tokens": list(self.specials),
                 "hf_tokenizer": self._hf_json}
 
     def describe(self) -> str:
-        return f"bpe, vocab {self.vocab_size}"
+        if self.specials == {name: i for i, name in enumerate(SPECIAL_TOKENS)}:
+            return f"bpe, vocab {self.vocab_size}"
+        shown = ", ".join(f"{name} {token_id}" for name, token_id in self.specials.items()) or "none"
+        return f"bpe, vocab {self.vocab_size}, special tokens: {shown}"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BPETokenizer) and other._hf_json == self._hf_json
@@ -319,10 +353,15 @@ def tokenizer_from_dict(data: Any) -> Tokenizer:
         raise TokenizerError(f"tokenizer format version {data.get('version')!r} is not supported "
                              f"(this quillgpt reads version {FORMAT_VERSION})")
     if kind == "bpe":
-        if data.get("special_tokens") != list(SPECIAL_TOKENS) or not isinstance(data.get("hf_tokenizer"), dict):
-            raise TokenizerError("BPE tokenizer JSON needs 'special_tokens' (the reserved list) and an "
+        names = data.get("special_tokens")
+        if not isinstance(names, list) or not isinstance(data.get("hf_tokenizer"), dict):
+            raise TokenizerError("BPE tokenizer JSON needs 'special_tokens' (a list of names) and an "
                                  "'hf_tokenizer' object: prepare the data again")
-        return BPETokenizer(data["hf_tokenizer"])
+        tokenizer = BPETokenizer(data["hf_tokenizer"])
+        if names != list(tokenizer.specials):
+            raise TokenizerError(f"BPE tokenizer JSON lists special tokens {names} but its 'hf_tokenizer' has "
+                                 f"{list(tokenizer.specials)}: prepare the data again")
+        return tokenizer
     chars, specials = data.get("chars"), data.get("special_tokens", [])
     if not isinstance(chars, str):
         raise TokenizerError("tokenizer JSON has no 'chars' string")

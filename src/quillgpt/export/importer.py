@@ -1,8 +1,9 @@
 """Hugging Face GPT-2-family folder -> quill run directory (``quill import DIR --out RUN_DIR``).
 
 The folder needs config.json (model_type gpt2), model.safetensors (never a pickle) and a
-tokenizer.json that quill can use: a byte-level BPE laid out like quill's (the six special
-tokens at ids 0-5) or a character vocabulary (what ``quill export`` writes for a char run).
+tokenizer.json that quill can use: a byte-level BPE (GPT-2's own, with ``<|endoftext|>`` at
+50256, or quill's, with its six special tokens at 0-5), kept id for id so the embedding rows
+stay where they are, or a character vocabulary (what ``quill export`` writes for a char run).
 GPT-2 maps onto quill's flags: learned positions, LayerNorm (eps 1e-5), activation
 gelu_tanh ("gelu_new"), gelu or relu, qkv_bias (GPT-2's c_attn has biases; dropped when
 they are all zero, as in a quill export), tie_weights when lm_head is the embedding, and
@@ -24,7 +25,7 @@ from quillgpt.checkpoint import read_tensors, write_checkpoint, write_run_files
 from quillgpt.config import ModelConfig, RunConfig
 from quillgpt.errors import CheckpointError, ConfigError, QuillError, TokenizerError
 from quillgpt.models.gpt import GPT
-from quillgpt.tokenizers import SPECIAL_TOKENS, BPETokenizer, CharTokenizer, Tokenizer
+from quillgpt.tokenizers import BPETokenizer, CharTokenizer, Tokenizer
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 QUILL_META = "quill.json"  # what quill export adds: the run's config and data record
@@ -112,7 +113,7 @@ def quill_state(hf: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, t
 
 
 def tokenizer_from_hf(folder: Path) -> Tokenizer:
-    """quill's tokenizer for the folder's tokenizer.json: a quill-layout byte-level BPE or a char vocabulary."""
+    """quill's tokenizer for the folder's tokenizer.json: a byte-level BPE or a char vocabulary."""
     data = _read_json(folder / "tokenizer.json", "quill import needs the model's tokenizer (tokenizer.json)")
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
@@ -129,11 +130,10 @@ def tokenizer_from_hf(folder: Path) -> Tokenizer:
         if [added[s] for s in specials] != list(range(len(chars), len(chars) + len(specials))):
             raise TokenizerError(f"{folder / 'tokenizer.json'}: special tokens must follow the characters")
         return CharTokenizer(chars, specials)
-    if any(added.get(name) != i for i, name in enumerate(SPECIAL_TOKENS)):
-        raise TokenizerError(f"{folder / 'tokenizer.json'} does not have quill's special tokens at ids 0-5 "
-                             f"({', '.join(SPECIAL_TOKENS)}), e.g. the original GPT-2 tokenizer: quill import "
-                             "takes tokenizers made by quill (prepare --tokenizer bpe, or export)")
-    return BPETokenizer(data)
+    try:
+        return BPETokenizer(data)  # any byte-level layout: GPT-2's, quill's, a GPT-2 finetune's
+    except TokenizerError as exc:
+        raise TokenizerError(f"{folder / 'tokenizer.json'}: {exc}") from None
 
 
 def import_gpt2(folder: Path, out: Path, command: str = "") -> dict[str, Any]:
