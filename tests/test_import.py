@@ -173,6 +173,30 @@ def test_bad_folders_are_one_line_and_leave_nothing(tmp_path: Path, capsys: pyte
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
+def test_a_config_larger_than_its_weights_is_refused_before_the_model_is_built(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], bpe: BPETokenizer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.json alone must not make quill allocate: a 2-layer file whose config claims 4 x 2048
+    (200M parameters, 0.8 GB) is checked against the file's shapes on the meta device first."""
+    import quillgpt.export.importer as importer
+
+    source = make_gpt2(tmp_path / "gpt2", bpe)
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**config, "n_layer": 4, "n_embd": 2048, "n_head": 16}))
+    capsys.readouterr()  # transformers' save progress
+    built: list[str] = []
+
+    def spy(model_config: ModelConfig) -> GPT:
+        built.append(torch.empty(0).device.type)
+        return GPT(model_config)
+
+    monkeypatch.setattr(importer, "GPT", spy)
+    code, output = run_cli(capsys, "import", str(source), "--out", str(tmp_path / "run"))
+    assert code == 2 and "the weights do not match config.json" in one_error_line(output)
+    assert built and set(built) == {"meta"}, built  # shapes checked without real weights
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------------------
 # GPT-2's own tokenizer layout: what a real GPT-2 folder (e.g. `gpt2` from the Hub) has
 # ---------------------------------------------------------------------------------------

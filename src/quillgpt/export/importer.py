@@ -157,8 +157,8 @@ def import_gpt2(folder: Path, out: Path, command: str = "") -> dict[str, Any]:
                           "is inconsistent")
     if all(not w.abs().max().item() for k, w in weights.items() if k.endswith("attn.c_attn.bias")):
         config.qkv_bias = False  # the lecture's bias-free heads (e.g. a quill export): keep them so
-    model = GPT(config)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes only: config.json alone must not make us allocate its model
+        expected = GPT(config).state_dict()
     try:
         state = quill_state(weights, config)
     except KeyError as missing:
@@ -168,6 +168,7 @@ def import_gpt2(folder: Path, out: Path, command: str = "") -> dict[str, Any]:
         if tuple(state[name].shape) != tuple(ref.shape):
             raise CheckpointError(f"{folder / 'model.safetensors'}: {name} has shape {tuple(state[name].shape)}, "
                                   f"config.json implies {tuple(ref.shape)}: the weights do not match the config")
+    model = GPT(config)  # the file's tensors fit: now the real model
     model.load_state_dict(state)
 
     run_config, data_info, step = _quill_metadata(folder, config)
