@@ -173,6 +173,17 @@ def test_bad_folders_are_one_line_and_leave_nothing(tmp_path: Path, capsys: pyte
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
+@pytest.mark.parametrize("step", [-5, "7.5", True])
+def test_a_bad_step_in_quill_json_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              bpe: BPETokenizer, step: object) -> None:
+    """A negative step used to import (exit 0) into checkpoints/step--0000005, which no command could load."""
+    source = make_gpt2(tmp_path / "gpt2", bpe)
+    (source / "quill.json").write_text(json.dumps({"config": {}, "step": step}))
+    capsys.readouterr()  # transformers' save progress
+    code, output = run_cli(capsys, "import", str(source), "--out", str(tmp_path / "run"))
+    assert code == 2 and "quill.json is not a quill export record" in one_error_line(output)
+    assert not (tmp_path / "run").exists()
+
 def test_a_config_larger_than_its_weights_is_refused_before_the_model_is_built(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], bpe: BPETokenizer,
         monkeypatch: pytest.MonkeyPatch) -> None:

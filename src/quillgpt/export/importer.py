@@ -195,7 +195,9 @@ def _quill_metadata(folder: Path, model: ModelConfig) -> tuple[RunConfig, dict[s
     meta = _read_json(path, "")
     try:
         saved = RunConfig.from_dict(meta["config"])
-        step = int(meta.get("step", 0))
+        step = meta.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step {step!r} is not a whole number >= 0")
         data = dict(meta.get("data", {}))
     except (QuillError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path} is not a quill export record ({exc}): remove it to import the weights only") \
