@@ -191,6 +191,18 @@ def test_what_no_standard_architecture_represents_is_refused(tmp_path: Path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no output, no temp folder
 
 
+@pytest.mark.parametrize("fmt", ["hf", "gguf"])
+def test_an_output_place_that_cannot_be_written_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           fmt: str) -> None:
+    """A parent that is a file (so no folder can be made there): one line, exit 2, not a traceback."""
+    run = make_run(tmp_path / "run", ModelConfig(block_size=8, n_layer=1, n_head=1, n_embd=8,
+                                                 activation="gelu_tanh"), char_tokenizer())
+    (tmp_path / "afile").write_text("not a folder")
+    code, output = export(run, tmp_path / "afile" / ("out.gguf" if fmt == "gguf" else "hf"), capsys, fmt)
+    assert code == 2 and "cannot write --out" in one_error_line(output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "run"]
+
+
 def test_an_existing_output_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_run(tmp_path / "run", ModelConfig(block_size=8, n_layer=1, n_head=1, n_embd=8), char_tokenizer())
     (tmp_path / "hf").mkdir()

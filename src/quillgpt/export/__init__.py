@@ -51,19 +51,31 @@ def staged_dir(out: Path) -> Iterator[Path]:
     """
     out = Path(out)
     check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    with unwritable_is_one_line(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
     try:
-        yield tmp
-        check_out_dir(out)  # someone may have created it meanwhile
-        if out.exists():
-            out.rmdir()  # empty (checked): rename needs it gone
-        tmp.rename(out)
+        with unwritable_is_one_line(out):
+            yield tmp
+            check_out_dir(out)  # someone may have created it meanwhile
+            if out.exists():
+                out.rmdir()  # empty (checked): rename needs it gone
+            tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def unwritable_is_one_line(out: Path) -> Iterator[None]:
+    """A folder that cannot be made or written (no such parent, no permission, a full disk) is one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"cannot write --out {out}: {exc.strerror or exc}: choose a place you can write to, "
+                          "with room to spare") from None
 
 
 def staged_file(out: Path) -> Path:
@@ -71,5 +83,6 @@ def staged_file(out: Path) -> Path:
     out = Path(out)
     if out.exists():
         raise ConfigError(f"--out {out} already exists: choose a new file name or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with unwritable_is_one_line(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
     return out.parent / f".{out.name}.tmp-{os.getpid()}"

@@ -28,7 +28,7 @@ import torch
 
 from quillgpt.checkpoint import LoadedRun
 from quillgpt.errors import ConfigError
-from quillgpt.export import require, staged_file
+from quillgpt.export import require, staged_file, unwritable_is_one_line
 from quillgpt.export.hf import (
     CHAT_TEMPLATE,
     LAYERNORM_EPS,
@@ -161,14 +161,15 @@ def export_gguf(run: LoadedRun, out: Path) -> GGUFExport:
     tmp = staged_file(out)
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
-        _metadata(writer, run, arch)
-        for name, array in tensors.items():
-            writer.add_tensor(name, array)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out)
+        with unwritable_is_one_line(out):
+            _metadata(writer, run, arch)
+            for name, array in tensors.items():
+                writer.add_tensor(name, array)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+            os.replace(tmp, out)
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
