@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from quillgpt.serve.app import Choice, ServeOptions, create_app
 from quillgpt.serve.loading import load_serving_run
 from quillgpt.tokenizers import CharTokenizer, StreamDecoder
-from serve_support import CHARS, LiveServer, make_run
+from serve_support import CHARS, LiveServer, error_of, make_run
 
 QUEUE = 16
 CAP = 64
@@ -32,13 +32,6 @@ def live(run_dir: Path):
     app = create_app(load_serving_run(run_dir), ServeOptions(max_queue=QUEUE, max_tokens_cap=CAP))
     with LiveServer(app) as server:
         yield server
-
-
-def error_of(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    return error
 
 
 def post(live: LiveServer, body: dict | str | bytes, path: str = "/v1/completions",

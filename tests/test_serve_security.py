@@ -10,7 +10,7 @@ import pytest
 
 from quillgpt.serve.app import ServeOptions, create_app
 from quillgpt.serve.loading import load_serving_run
-from serve_support import LiveServer, make_run
+from serve_support import LiveServer, error_of, make_run
 
 
 @pytest.fixture(scope="module")
@@ -18,13 +18,6 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     run = load_serving_run(make_run(tmp_path_factory.mktemp("serve-sec") / "tiny", chat=True))
     with LiveServer(create_app(run, ServeOptions(allowed_hosts=("my.lan",)))) as server:
         yield server
-
-
-def error_of(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    return error
 
 
 BODIES = {
