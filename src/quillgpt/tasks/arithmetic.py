@@ -117,12 +117,17 @@ def draw_problem(rng: random.Random, ops: str, digits: int) -> Problem:
 
 
 def problems(ops: str, digits: int, count: int, seed: int, split: str = "train",
-             keep: Callable[[Problem], bool] | None = None) -> list[Problem]:
-    """``count`` distinct problems of ``split`` (train or test) that ``keep`` accepts, the same for the same seed."""
+             keep: Callable[[Problem], bool] | None = None, all_if_fewer: bool = False) -> list[Problem]:
+    """``count`` distinct problems of ``split`` (train or test) that ``keep`` accepts, the same for the same seed.
+
+    ``all_if_fewer``: where the problems are few enough to count (1-2 digit operands) and there are
+    fewer than ``count``, return all of them instead of failing."""
     check_ops(ops)
     if digits < 1:
         raise ValueError(f"operands need at least 1 digit, got {digits}")
     available = available_problems(ops, digits, split, keep)
+    if all_if_fewer and digits <= SMALL_DIGITS:
+        count = min(count, int(available))
     if count > available:  # fail at once, rather than drawing for hours
         raise ConfigError(f"cannot draw {count} distinct {split} problems of {digits}-digit {ops}: there are "
                           f"{'only' if digits <= SMALL_DIGITS else 'about'} {available:,.0f}; ask for fewer")

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from quillgpt.chat import Message
-from quillgpt.tasks.arithmetic import SMALL_DIGITS, Problem, available_problems, draw_problem, problems
+from quillgpt.tasks.arithmetic import Problem, draw_problem, problems
 
 TEMPLATES = {
     "+": ("What is {a} plus {b}?", "{a} + {b} = ?", "Add {a} and {b}.", "What's the sum of {a} and {b}?",
@@ -116,9 +116,8 @@ def questions(ops: str, digits: int, count: int, seed: int, split: str) -> list[
         def in_half(p: Problem) -> bool:
             return p.held_out_half == split
 
-        if digits <= SMALL_DIGITS:  # a half of 2-digit + holds about 500: take all there are rather than fail
-            count = min(count, int(available_problems(ops, digits, "test", in_half)))
-        chosen = problems(ops, digits, count, seed, "test", keep=in_half)
+        # a half of 2-digit + holds about 500 problems: take all there are rather than fail
+        chosen = problems(ops, digits, count, seed, "test", keep=in_half, all_if_fewer=True)
     return _worded(random.Random(f"words:{seed}:{split}"), chosen)
 
 
