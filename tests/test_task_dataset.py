@@ -76,6 +76,19 @@ def expected_row(inputs: list[int], fmt: str) -> tuple[list[int], list[int]]:
     return encode((prompt + answer)[:-1].ljust(width, "\n")), targets + [IGNORE] * (width - len(targets))
 
 
+def packed_problems(x: torch.Tensor, y: torch.Tensor, inputs: dict[str, torch.Tensor]) -> list[tuple[list, list]]:
+    """The (inputs, targets) of every problem in packed rows: a problem starts at position 0 (padding
+    tokens too, one each, all IGNORE)."""
+    out = []
+    for ids, targets, positions in zip(x.tolist(), y.tolist(), inputs["positions"].tolist(), strict=True):
+        starts = [t for t, p in enumerate(positions) if p == 0] + [len(positions)]
+        for start, end in zip(starts, starts[1:], strict=False):
+            assert positions[start:end] == list(range(end - start))
+            if any(t != IGNORE for t in targets[start:end]):
+                out.append((ids[start:end], targets[start:end]))
+    return out
+
+
 @pytest.mark.parametrize("name", ["add3-reversed", "add3-plain", "add3-hinted", "mul2-scratchpad", "calc3"])
 def test_only_answer_tokens_are_trained_on(name: str) -> None:
     config = preset(name)
@@ -84,8 +97,10 @@ def test_only_answer_tokens_are_trained_on(name: str) -> None:
     data = ArithmeticDataset(config.arithmetic)
     ops = set()
     for split in ("train", "val"):
-        x, y = data.batches(split, 32, config.model.block_size, seed=0).next()
-        for inputs, targets in zip(x.tolist(), y.tolist(), strict=True):
+        x, y, *packed = data.batches(split, 32, config.model.block_size, seed=0).next()
+        assert bool(packed) == config.arithmetic.pack  # calc3: several problems per row
+        rows = zip(x.tolist(), y.tolist(), strict=True) if not packed else packed_problems(x, y, packed[0])
+        for inputs, targets in rows:
             assert (inputs, targets) == expected_row(inputs, config.arithmetic.format)
             ops |= set(re.match(r"\n*[a-j\d]+([-+*/])", "".join(ALPHABET[i] for i in inputs)).groups())
     assert ops == set(config.arithmetic.ops)  # calc3: rows of all four operators were checked

@@ -194,6 +194,9 @@ class ArithmeticConfig:
     data_seed: int = 0  # draws the training set
     eval_examples: int = 2000  # held-out problems (val loss, and the accuracy after training)
     eval_seed: int = 1  # draws the held-out set (disjoint from training by construction)
+    # several whole problems per training row, each at positions 0, 1, ... and attending only to
+    # itself (tasks.arithmetic.packed_batch): the same loss in fewer tokens; batch_size counts problems
+    pack: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -218,6 +221,9 @@ class ArithmeticConfig:
             return
         _check_choice("task", self.task, tuple(TASK_OPS))
         _check_choice("format", self.format, TASK_FORMATS)
+        if self.pack and self.format == "hinted":
+            raise ConfigError("--pack puts every problem at position 0, but the hinted format trains each at a "
+                              "random position: drop --pack")
 
 
 @dataclass
@@ -285,6 +291,9 @@ class RunConfig:
         if tokens > MAX_TOKENS_PER_STEP:
             raise ConfigError(f"batch_size x block_size = {tokens:,} tokens per step is more than fits in memory "
                               f"({MAX_TOKENS_PER_STEP:,}): use a smaller --batch-size (--grad-accum for a large batch)")
+        if self.arithmetic.enabled and self.arithmetic.pack and self.model.arch != "gpt":
+            raise ConfigError(f"--pack needs arch gpt (its attention keeps packed problems apart), got "
+                              f"{self.model.arch}: drop --pack")
         if self.arithmetic.enabled and self.chat.enabled:
             raise ConfigError("a run trains on an arithmetic task or on conversations, not both: drop --task or "
                               "--chat-data")
@@ -367,11 +376,13 @@ def _cpu_fast() -> RunConfig:
 
 
 def _arithmetic(task: str, fmt: str, digits: int, train_examples: int, block_size: int, n_layer: int,
-                max_iters: int, batch_size: int, dtype: str = "float32") -> RunConfig:
+                max_iters: int, batch_size: int, dtype: str = "float32", pack: bool = False) -> RunConfig:
     # Char-level like Lee et al. 2023 ("Teaching Arithmetic to Small Transformers": 6 layers,
     # 384 wide, ~10.7M parameters), but ~1M parameters to train in minutes on 2 CPU cores.
-    # One problem per row (its start is position 0, in training and at test time alike), so a
-    # batch is many short rows. No dropout; a higher learning rate suits the small model.
+    # Each problem starts at position 0, in training and at test time alike: one problem per
+    # row, or with ``pack`` several per row, each at positions 0.. and seeing only itself (the
+    # same loss; for problems of very different lengths, 1/3 of the tokens). No dropout; a higher
+    # learning rate suits the small model.
     # bf16 pays only for the longer chain-of-thought rows; at 13 tokens a row fp32 is faster.
     return RunConfig(
         ModelConfig(block_size=block_size, n_layer=n_layer, n_head=4, n_embd=128, dropout=0.0),
@@ -379,7 +390,7 @@ def _arithmetic(task: str, fmt: str, digits: int, train_examples: int, block_siz
                     eval_interval=max(1, max_iters // 10), eval_iters=4, log_interval=50, lr=2e-3, min_lr=2e-4,
                     warmup_iters=100, weight_decay=0.1, dtype=dtype, sample_chars=0),
         ArithmeticConfig(task=task, digits=digits, format=fmt, train_examples=train_examples,
-                         eval_examples=min(2000, 10 ** (2 * digits) // 20)),  # at most half the test split
+                         eval_examples=min(2000, 10 ** (2 * digits) // 20), pack=pack),  # at most half the test split
     )
 
 
@@ -404,8 +415,9 @@ PRESETS = {"bigram": _bigram, "seed-gpt": _seed_gpt, "cpu-small": _cpu_small, "c
            "add3-hinted": lambda: _arithmetic("add", "hinted", 3, 10_000, 48, 4, 2000, 256),
            # 2-digit multiplication from 3,000 examples with a chain of thought (Lee et al.: 95.8%)
            "mul2-scratchpad": lambda: _arithmetic("mul", "scratchpad", 2, 3000, 64, 4, 3000, 128),
-           # + - * / on operands up to 3 digits, chain of thought, fresh problems every batch
-           "calc3": lambda: _arithmetic("calc", "scratchpad", 3, 0, 96, 6, 4000, 128, "bfloat16"),
+           # + - * / on operands up to 3 digits, chain of thought, fresh problems every batch; packed:
+           # the same 128 problems a step in ~1/3 of the tokens (one per row, 2/3 of them were padding)
+           "calc3": lambda: _arithmetic("calc", "scratchpad", 3, 0, 96, 6, 4000, 128, "bfloat16", pack=True),
            "sft": _sft,  # quill sft's defaults: generated arithmetic questions in a chat
            }
 

@@ -441,6 +441,17 @@ class Batches(SeededSampler):
 
 
 
+# What a sampler's ``next`` returns: inputs and targets, and, for packed arithmetic rows
+# (``tasks.arithmetic.ProblemBatches``), the model's extra keyword arguments ({"positions": ...}).
+Batch = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+
+
+def split_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """``(x, y, model keyword arguments)`` of any sampler's batch: ``model(x, y, **kwargs)``."""
+    x, y, *extra = batch
+    return x, y, (extra[0] if extra else {})
+
+
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch on ``device``; on CUDA through pinned memory, so the copy overlaps with compute."""
     if device.type == "cuda":

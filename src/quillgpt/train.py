@@ -37,7 +37,7 @@ from quillgpt.checkpoint import (
     write_run_files,
 )
 from quillgpt.config import RunConfig
-from quillgpt.data import TrainingData
+from quillgpt.data import TrainingData, split_batch
 from quillgpt.device import resolve_device, resolve_dtype
 from quillgpt.distributed import Distributed
 from quillgpt.errors import ConfigError, QuillError
@@ -212,12 +212,12 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for micro in range(t.grad_accum):
             last = micro == t.grad_accum - 1
-            x, y = self.train_batches.next()
+            x, y, inputs = split_batch(self.train_batches.next())  # inputs: packed rows' positions
             self._tokens_seen += x.numel()
             no_sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with no_sync:
                 with autocast(self.device, self.dtype):
-                    _, loss = self.forward_model(x, y)
+                    _, loss = self.forward_model(x, y, **inputs)
                 loss = loss / t.grad_accum
                 self.scaler.scale(loss).backward()
             total += loss.detach()
@@ -261,9 +261,9 @@ class Trainer:
                 for i in range(len(losses)):
                     if self.stop_signal is not None and not self.dist.enabled:  # ranks must not diverge
                         raise _EvalInterruptedError
-                    x, y = batches.next()
+                    x, y, inputs = split_batch(batches.next())
                     with autocast(self.device, self.dtype):
-                        _, loss = self.forward_model(x, y)
+                        _, loss = self.forward_model(x, y, **inputs)
                     losses[i] = loss
                 out[split] = self.dist.mean(losses.mean()).item()
         except _EvalInterruptedError:

@@ -10,6 +10,8 @@ tests/test_attention.py checks that both give the same logits and gradients.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,9 +56,12 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         """Rotate ``x`` (..., T, head_size) whose first position is ``start`` (the KV-cache offset), or
-        (B, nh, T, head_size) at per-row ``start`` positions (B, T) (a ragged KV cache)."""
+        (B, T, head_size) / (B, nh, T, head_size) whose every token has its own position, given as a
+        (B, T) tensor (a ragged KV cache, packed rows)."""
         if isinstance(start, torch.Tensor):
-            cos, sin = self.cos[start][:, None].to(x.dtype), self.sin[start][:, None].to(x.dtype)  # (B, 1, T, hs/2)
+            cos, sin = self.cos[start].to(x.dtype), self.sin[start].to(x.dtype)  # (B, T, hs/2)
+            if x.dim() == 4:  # (B, nh, T, hs): the same positions for every head
+                cos, sin = cos[:, None], sin[:, None]
         else:
             T = x.size(-2)
             cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)
@@ -64,6 +69,27 @@ class RotaryEmbedding(nn.Module):
         even, odd = pairs[..., 0], pairs[..., 1]
         rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
         return rotated.flatten(-2)
+
+
+class Packing(NamedTuple):
+    """Several sequences packed into each row (training on short arithmetic problems): every
+    token's position in its own sequence, and which tokens it may attend to.
+
+    A sequence starts where ``positions`` is 0 and counts up by one per token, so each packed
+    problem sits at positions 0, 1, 2, ... exactly as it does alone in a row at test time.
+    """
+
+    positions: torch.Tensor  # (B, T) long
+    mask: torch.Tensor  # (B, T, T) bool: query t may see key s (s <= t, in t's own sequence)
+
+    @classmethod
+    def from_positions(cls, positions: torch.Tensor) -> Packing:
+        """The block-diagonal causal mask of ``positions``: token t's sequence starts at t - positions[t]."""
+        t = torch.arange(positions.size(-1), device=positions.device)
+        start = t - positions  # (B, T): the index of the first token of each token's sequence
+        keys = t[None, None, :]  # (1, 1, T)
+        mask = (keys <= t[None, :, None]) & (keys >= start[:, :, None])  # (B, T, T)
+        return cls(positions, mask)
 
 
 class Head(nn.Module):
@@ -84,19 +110,23 @@ class Head(nn.Module):
         self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)), persistent=False)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
         B, T, C = x.shape
         k = self.key(x)  # (B, T, hs)
         q = self.query(x)  # (B, T, hs)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
-            q, k = self.rope(q), self.rope(k)
+            start = 0 if packing is None else packing.positions  # packed rows: each token's own position
+            q, k = self.rope(q, start), self.rope(k, start)
         # Scaled by 1/sqrt(head_size) so the scores have unit variance at init and the
         # softmax stays diffuse instead of collapsing onto one position ("Attention Is
         # All You Need", eq. 1).
         wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, T)
-        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
+        if packing is None:
+            wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
+        else:  # several sequences per row: each token sees only the earlier tokens of its own
+            wei = wei.masked_fill(~packing.mask, float("-inf"))
         wei = F.softmax(wei, dim=-1)
         wei = self.dropout(wei)
         v = self.value(x)  # (B, T, hs)
@@ -116,8 +146,8 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(n_embd, n_embd)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.cat([h(x) for h in self.heads], dim=-1)  # (B, T, n_embd)
+    def forward(self, x: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
+        out = torch.cat([h(x, packing) for h in self.heads], dim=-1)  # (B, T, n_embd)
         return self.dropout(self.proj(out))
 
 
@@ -285,18 +315,20 @@ class FusedMultiHeadAttention(MultiHeadAttention):
                                   float("-inf"))
         return self.attn_dropout(F.softmax(wei, dim=-1)) @ v
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                packing: Packing | None = None) -> torch.Tensor:
         B, T, C = x.shape
         # query, key, value for all heads in one matmul: each (B, n_head, T, head_size)
         q, k, v = self.qkv(x)
         # QK-norm and rotary positions (when configured); new tokens sit after the cached ones
         q, k = self.qk_norm(q, k)
         if self.rope is not None:
-            start = 0 if cache is None else cache.positions(T)
+            start = packing.positions if packing is not None else 0 if cache is None else cache.positions(T)
             q, k = self.rope(q, start), self.rope(k, start)
-        # causal self-attention over the new tokens, or over everything cached as the cache masks it
+        # causal self-attention over the new tokens (packed rows: within each sequence), or over
+        # everything cached as the cache masks it
         if cache is None:
-            y = self.attend(q, k, v)
+            y = self.attend(q, k, v) if packing is None else self.attend(q, k, v, packing.mask[:, None])
         else:
             k, v = cache.update(layer, k, v)
             y = self.attend(q, k, v, *cache.attention_mask(T))

@@ -23,6 +23,7 @@ from quillgpt.models.attention import (
     FusedMultiHeadAttention,
     KVCache,
     MultiHeadAttention,
+    Packing,
     RMSNorm,
     byte_dropout,
 )
@@ -144,8 +145,9 @@ class Block(nn.Module):
         self.ln1 = make_norm(config.norm, config.n_embd)
         self.ln2 = make_norm(config.norm, config.n_embd)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        attended = self.sa(self.ln1(x)) if cache is None else self.sa(self.ln1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                packing: Packing | None = None) -> torch.Tensor:
+        attended = self.sa(self.ln1(x), packing=packing) if cache is None else self.sa(self.ln1(x), cache, layer)
         x = x + attended
         x = x + self.ffwd(self.ln2(x))
         return x
@@ -189,14 +191,19 @@ class GPT(LanguageModel):
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.head_size, weight.device, weight.dtype)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                loss_mask: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position of ``idx`` (B, T); with ``kv_cache``, ``idx`` continues the cached tokens."""
-        logits = self.lm_head(self.features(idx, kv_cache))  # (B, T, vocab)
+                loss_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every position of ``idx`` (B, T); with ``kv_cache``, ``idx`` continues the cached tokens.
+
+        ``positions`` (B, T): packed rows, several sequences per row (``attention.Packing``); each
+        token sits at its given position and attends only to the earlier tokens of its own sequence.
+        """
+        logits = self.lm_head(self.features(idx, kv_cache, positions))  # (B, T, vocab)
         loss = None if targets is None else language_model_loss(logits, targets, loss_mask)
         return logits, loss
 
-    def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None,
+                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """The final normalized hidden state of every position (B, T, n_embd): what lm_head reads.
 
         Reward and value heads (quillgpt.posttrain) read the same features.
@@ -206,14 +213,26 @@ class GPT(LanguageModel):
         if start + T > self.block_size:
             raise ConfigError(f"sequence of {start + T} tokens is longer than block_size {self.block_size}: "
                               "crop the context to the last block_size tokens")
+        packing = None
+        if positions is not None:  # several sequences per row, each from position 0
+            if kv_cache is not None:
+                raise ValueError("packed rows (positions) are for training and scoring, not for a KV cache")
+            if positions.shape != idx.shape:
+                raise ValueError(f"positions {tuple(positions.shape)} must have the shape of idx {tuple(idx.shape)}")
+            packing = Packing.from_positions(positions)
         tok_emb = self.token_embedding_table(idx)  # (B, T, C)
         x = tok_emb
         if self.position_embedding_table is not None:  # learned absolute positions (None with RoPE)
-            if kv_cache is not None and kv_cache.ragged:  # each row continues at its own position: (B, T, C)
+            if packing is not None:  # each token at its position in its own sequence: (B, T, C)
+                x = x + self.position_embedding_table(positions)
+            elif kv_cache is not None and kv_cache.ragged:  # each row continues at its own position: (B, T, C)
                 x = x + self.position_embedding_table(kv_cache.positions(T))
             else:
                 x = x + self.position_embedding_table(torch.arange(start, start + T, device=idx.device))  # (T, C)
-        if kv_cache is None:
+        if packing is not None:
+            for block in self.blocks:
+                x = block(x, packing=packing)
+        elif kv_cache is None:
             x = self.blocks(x)
         else:
             for layer, block in enumerate(self.blocks):

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from quillgpt.data import SeededSampler, to_device
+from quillgpt.data import Batch, SeededSampler, to_device
 from quillgpt.errors import ConfigError
 
 OPS = ("+", "-", "*", "/")
@@ -347,24 +347,90 @@ def batch(examples: list[Problem], fmt: str, block_size: int,
     return x, y
 
 
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of items grouped into rows of at most ``capacity`` tokens: first-fit decreasing
+    (longest first, each into the first row with room), every item in exactly one row.
+
+    Within a row the indices keep their order; a row's leftover room is padding. Deterministic:
+    ties in length go by index.
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if lengths[i] > capacity:
+            raise ValueError(f"an item of {lengths[i]} tokens does not fit a row of {capacity}")
+        row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            room.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return [sorted(row) for row in rows]
+
+
+def packed_batch(examples: list[Problem], fmt: str,
+                 block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(R, T) inputs, targets and positions, several whole problems per row (``pack_rows``).
+
+    Each problem's inputs and targets are exactly its ``masked_example``, and its positions run
+    0, 1, 2, ... so it sits where it would alone in a row. With those positions the model's
+    attention keeps each problem to its own earlier tokens (``models.attention.Packing``), so a
+    packed batch has the same per-token loss as ``batch`` of the same problems, in fewer
+    tokens. Padding after a row's last problem is ignored in the loss, each padding token at
+    position 0 (a sequence of its own). T is the longest row, at most ``block_size``.
+    """
+    samples = [masked_example(p, fmt) for p in examples]
+    rows = pack_rows([len(ids) for ids, _ in samples], block_size)
+    T = max(sum(len(samples[i][0]) for i in row) for row in rows)
+    x = torch.full((len(rows), T), encode("\n")[0], dtype=torch.long)
+    y = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), T), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            ids, targets = samples[i]
+            n = len(ids)
+            x[r, at:at + n] = torch.tensor(ids)
+            y[r, at:at + n] = torch.tensor(targets)
+            positions[r, at:at + n] = torch.arange(n)
+            at += n
+    return x, y, positions
+
+
+def padding_fraction(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The share of a batch's input tokens that belong to no problem: the positions after each
+    row's last answer token (its last target that is not IGNORE)."""
+    answered = y != IGNORE
+    last = torch.where(answered.any(1), x.size(1) - 1 - answered.flip(1).int().argmax(1), -1)  # per row
+    return 1.0 - float((last + 1).sum()) / x.numel()
+
+
 class ProblemBatches(SeededSampler):
     """Endless, resumable (x, y) batches of problems: drawn from ``pool`` (a prepared set) or, with
     no pool, made on the fly from ``ops``/``digits`` (train split only, so never a test problem).
 
     Like ``data.Batches`` the draws come from a private ``torch.Generator``, so ``state_dict``
     lets a resumed run see exactly the batches it would have seen.
+
+    A batch holds ``batch_size`` problems. By default one problem per row, right-padded; with
+    ``pack`` they are packed several to a row of up to ``block_size`` tokens (``packed_batch``),
+    and ``next`` returns ``(x, y, {"positions": ...})``, the third item the model's keyword
+    arguments (see ``data.split_batch``). The same problems either way, so the same loss.
     """
 
     def __init__(self, fmt: str, batch_size: int, block_size: int, seed: int, device: str | torch.device = "cpu",
-                 pool: list[Problem] | None = None, ops: str = "+", digits: int = 3) -> None:
+                 pool: list[Problem] | None = None, ops: str = "+", digits: int = 3, pack: bool = False) -> None:
         if pool is not None and not pool:
             raise ValueError("the problem pool is empty: ask for at least one example")
+        if pack and fmt == "hinted":
+            raise ValueError("the hinted format starts each training problem at a random position: it cannot pack")
         self.fmt, self.batch_size, self.block_size = fmt, batch_size, block_size
-        self.pool, self.ops, self.digits = pool, check_ops(ops), digits
+        self.pool, self.ops, self.digits, self.pack = pool, check_ops(ops), digits, pack
         self.device = torch.device(device)
         super().__init__(seed)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> Batch:
         if self.pool is not None:
             chosen = self.pick(self.pool, self.batch_size)
         else:
@@ -374,6 +440,10 @@ class ProblemBatches(SeededSampler):
                 problem = draw_problem(rng, self.ops, self.digits)
                 if problem.split == "train":
                     chosen.append(problem)
+        if self.pack:
+            x, y, positions = packed_batch(chosen, self.fmt, self.block_size)
+            x, y = to_device(x, y, self.device)
+            return x, y, {"positions": positions.to(self.device)}
         randomness = self._hint_randomness(chosen) if self.fmt == "hinted" else None
         x, y = batch(chosen, self.fmt, self.block_size, randomness)
         return to_device(x, y, self.device)

@@ -60,8 +60,9 @@ class ArithmeticDataset:
 
     @property
     def source_sha256(self) -> str:
-        """Identifies the problems: the same config draws the same sets."""
-        text = json.dumps(dataclasses.asdict(self.config), sort_keys=True)
+        """Identifies the problems: the same config draws the same sets (``pack`` only lays them out)."""
+        fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "pack"}
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def longest_sample(self) -> int:
@@ -79,7 +80,7 @@ class ArithmeticDataset:
                 device: str | torch.device = "cpu") -> ProblemBatches:
         pool = self.val_pool if split == "val" else self.train_pool
         return ProblemBatches(self.config.format, batch_size, block_size, seed, device, pool=pool,
-                              ops=self.config.ops, digits=self.config.digits)
+                              ops=self.config.ops, digits=self.config.digits, pack=self.config.pack)
 
     def info(self) -> dict[str, Any]:
         return {"dataset": str(self.folder), "arithmetic": dataclasses.asdict(self.config),
