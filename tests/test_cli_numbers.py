@@ -43,6 +43,7 @@ TRAINING: dict[str, tuple[str, ...]] = {
     "--keep-last": LONG,  # keep every checkpoint
     "--sample-chars": OFF,
     "--max-minutes": OFF + LONG,
+    "--decay-frac": OFF,  # wsd without a decay: lr held to the end
     "--train-examples": OFF,  # fresh problems every batch
     "--chat-examples": OFF,  # fresh questions every batch
     "--chat-worked": OFF,

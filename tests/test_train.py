@@ -27,6 +27,18 @@ def test_learning_rate_warmup_then_cosine() -> None:
     assert learning_rate(110, config) == pytest.approx(1e-4)
 
 
+def test_learning_rate_warmup_stable_decay() -> None:
+    config = tiny(lr=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100, lr_schedule="wsd", decay_frac=0.2)
+    lrs = [learning_rate(s, config) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(lr == pytest.approx(1e-3) for lr in lrs[10:80])  # stable until the last 20 steps
+    assert all(a > b for a, b in zip(lrs[79:-1], lrs[80:], strict=True))  # then falling every step
+    assert lrs[89] == pytest.approx(5.5e-4)  # linear: halfway down after half the decay steps
+    assert lrs[99] == pytest.approx(1e-4)  # min_lr on the last step
+    held = tiny(lr=1e-3, min_lr=1e-4, warmup_iters=0, max_iters=50, lr_schedule="wsd", decay_frac=0.0)
+    assert {learning_rate(s, held) for s in range(50)} == {1e-3}
+
+
 def test_eval_uses_eval_mode_then_returns_to_train_mode(tmp_path: Path, dataset_dir: Path) -> None:
     trainer = Trainer(tiny(), TokenDataset(dataset_dir), tmp_path / "run", progress=False)
     modes = []

@@ -22,7 +22,7 @@ POSITIONS = ("learned", "rope")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "constant", "wsd")
 OPTIMIZERS = ("adamw", "muon")
 TASK_OPS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "calc": "+-*/"}  # arithmetic task -> operators
 TASK_FORMATS = ("plain", "reversed", "scratchpad", "hinted")
@@ -126,7 +126,11 @@ class TrainConfig:
     log_interval: int = 10
     lr: float = 3e-4
     min_lr: float = 3e-5
-    lr_schedule: str = "cosine"  # linear warmup, then cosine decay to min_lr
+    lr_schedule: str = "cosine"  # linear warmup, then cosine decay to min_lr; "wsd": see decay_frac
+    # lr_schedule "wsd" (warmup-stable-decay, a trapezoid): hold lr after the warmup, then decay it
+    # linearly to min_lr over this last share of max_iters (Hu et al. 2024, arXiv 2404.06395, sec. 4;
+    # Hägele et al. 2024, arXiv 2405.18392: a short linear cool-down matches cosine at equal steps)
+    decay_frac: float = 0.2
     warmup_iters: int = 100
     weight_decay: float = 0.1
     optimizer: str = "adamw"  # "muon": Muon for the matrices inside the blocks, AdamW for the rest
@@ -176,6 +180,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
             raise ConfigError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+        if not (math.isfinite(self.decay_frac) and 0.0 <= self.decay_frac <= 1.0):
+            raise ConfigError(f"decay_frac is a share of max_iters, in [0, 1], got {self.decay_frac}: try e.g. 0.2")
         if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
             raise ConfigError(f"max_minutes must be >= 0 (0 means no time limit), got {self.max_minutes}")
 
@@ -363,15 +369,35 @@ def _tiny() -> RunConfig:
 
 def _cpu_fast() -> RunConfig:
     # The speedrun: nanoGPT's CPU recipe (this model at batch 12, 2000 AdamW steps) ends at val
-    # 1.886 on Tiny Shakespeare; this gets lower in well under half its wall time on 2 cores
+    # 1.886 on Tiny Shakespeare; this gets lower in a third of its wall time on 2 cores
     # (benchmarks/speedrun_nanogpt.py). A step here is bound by matmul FLOPs, not by overhead,
-    # so the gain is in loss per sample: Muon for the block matrices (280 steps reach what
-    # AdamW needs ~600 for), batch 32, a short warmup, and one eval at the end.
+    # so the gain is in loss per sample: Muon for the block matrices, RoPE and SwiGLU (which
+    # learn fastest early: benchmarks/ablation.py's 500-step table), batch 32, a short warmup,
+    # a warmup-stable-decay schedule, and one eval at the end. 180 steps here reach what the
+    # same model with learned positions and ReLU reached in 280, and AdamW alone in ~600.
     return RunConfig(
-        ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
-        TrainConfig(batch_size=32, max_iters=280, eval_interval=280, eval_iters=20, eval_first=False,
-                    log_interval=40, lr=4e-3, min_lr=4e-4, warmup_iters=30, weight_decay=0.1,
-                    optimizer="muon", muon_lr=0.025),
+        ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, norm="rms", position="rope",
+                    activation="swiglu"),
+        TrainConfig(batch_size=32, max_iters=180, eval_interval=180, eval_iters=20, eval_first=False,
+                    log_interval=30, lr=4e-3, min_lr=4e-4, lr_schedule="wsd", decay_frac=0.3, warmup_iters=30,
+                    weight_decay=0.1, optimizer="muon", muon_lr=0.025),
+    )
+
+
+def _seed_fast() -> RunConfig:
+    # The lecture's result (val 1.4856 on Tiny Shakespeare) in well under an hour on 2 CPU cores
+    # (benchmarks/lecture_speedrun.py; the recipe search is in benchmarks/RESULTS.md). seed-gpt needs
+    # ~5.5 hours here. At this budget a smaller, deeper-than-wide model wins over the lecture's
+    # 6x384 (its tokens cost less), and each token teaches more: Muon for the block matrices,
+    # RoPE and SwiGLU (benchmarks/ablation.py: -0.04 and -0.02 val at cpu-small's scale),
+    # RMSNorm (as good, cheaper), batch 32 for more updates per token, and a warmup-stable-decay
+    # schedule that spends its last 30% of steps cooling down. bf16 where the CPU has it.
+    return RunConfig(
+        ModelConfig(block_size=256, n_layer=6, n_head=4, n_embd=256, dropout=0.1, norm="rms",
+                    position="rope", activation="swiglu"),
+        TrainConfig(batch_size=32, max_iters=1500, eval_interval=250, eval_iters=10, eval_first=False,
+                    log_interval=50, lr=2e-3, min_lr=1e-4, lr_schedule="wsd", decay_frac=0.3, warmup_iters=50,
+                    weight_decay=0.1, optimizer="muon", muon_lr=0.02, dtype="auto"),
     )
 
 
@@ -405,7 +431,8 @@ def _sft() -> RunConfig:
     )
 
 
-PRESETS = {"bigram": _bigram, "seed-gpt": _seed_gpt, "cpu-small": _cpu_small, "cpu-fast": _cpu_fast,
+PRESETS = {"bigram": _bigram, "seed-gpt": _seed_gpt, "seed-fast": _seed_fast, "cpu-small": _cpu_small,
+           "cpu-fast": _cpu_fast,
            "tiny": _tiny,
            # 3-digit addition from 10,000 examples (Lee et al.: reversed 99.8% at 5k, plain 87.4% at 10k);
            # block 32 leaves room to test 4- and 5-digit problems (length generalization).

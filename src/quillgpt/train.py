@@ -72,12 +72,19 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 
 def learning_rate(step: int, config: RunConfig) -> float:
-    """Linear warmup for ``warmup_iters`` steps, then cosine decay from lr to min_lr."""
+    """Linear warmup for ``warmup_iters`` steps, then cosine decay from lr to min_lr
+    (or, for ``wsd``, lr held until the last ``decay_frac`` of the steps, then a linear decay)."""
     t = config.train
     if t.lr_schedule == "constant":
         return t.lr
     if step < t.warmup_iters:
         return t.lr * (step + 1) / t.warmup_iters
+    if t.lr_schedule == "wsd":
+        decay_steps = round(t.decay_frac * t.max_iters)
+        into_decay = step - (t.max_iters - decay_steps)
+        if into_decay < 0:
+            return t.lr
+        return t.lr + min(1.0, (into_decay + 1) / max(1, decay_steps)) * (t.min_lr - t.lr)
     span = max(1, t.max_iters - t.warmup_iters)
     progress = min(1.0, (step - t.warmup_iters) / span)
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)
@@ -263,7 +270,7 @@ class Trainer:
                         raise _EvalInterruptedError
                     x, y, inputs = split_batch(batches.next())
                     with autocast(self.device, self.dtype):
-                        _, loss = self.forward_model(x, y, **inputs)
+                        _, loss = self.forward_model(x, y)
                     losses[i] = loss
                 out[split] = self.dist.mean(losses.mean()).item()
         except _EvalInterruptedError:
