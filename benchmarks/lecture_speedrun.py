@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -106,6 +107,18 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every mistake in one line before the first run starts, not after an hour of training."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from quillgpt.config import PRESETS
+
+    for flag, name in (("--preset", args.preset), ("--baseline-preset", args.baseline_preset)):
+        if name not in PRESETS:
+            sys.exit(f"{flag}: unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    if not (math.isfinite(args.baseline_minutes) and args.baseline_minutes >= 0):
+        sys.exit(f"--baseline-minutes must be a number of minutes >= 0 (0: no baseline), got {args.baseline_minutes}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="seed-fast")
@@ -119,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(WORK/PRESET/speedrun.json) and run only the baseline")
     parser.add_argument("extra", nargs="*", help="flags for the preset's quill train, after --")
     args = parser.parse_args(argv)
-    if args.baseline_minutes < 0:
-        sys.exit(f"--baseline-minutes must be >= 0, got {args.baseline_minutes}")
+    check_arguments(args)
     preset_dir = args.work / args.preset
     runs = [earlier_run(preset_dir) if args.reuse_preset_run else
             train_and_score(args.preset, args.preset, preset_dir, args.extra)]

@@ -18,6 +18,7 @@ from quillgpt.models.attention import Packing
 from quillgpt.tasks.arithmetic import (
     ALPHABET,
     IGNORE,
+    PACKED_ROW_TOKENS,
     ProblemBatches,
     batch,
     masked_example,
@@ -146,6 +147,16 @@ def test_packed_calc3_batches_are_almost_all_problem() -> None:
         assert padding_fraction(px, py) > 0.5  # measured: ~0.67 (rows padded to the batch's longest)
         assert padding_fraction(x, y) < 0.08  # measured: 0.036 over 18 batches
         assert x.numel() < 0.4 * px.numel()
+
+
+def test_a_long_block_size_does_not_make_packed_rows_long() -> None:
+    """Rows stop at PACKED_ROW_TOKENS (or the longest problem): attention over a row costs its square."""
+    many = PROBLEMS * 40
+    x, _, positions = packed_batch(many, "scratchpad", 4096)
+    longest = max(len(masked_example(p, "scratchpad")[0]) for p in many)
+    assert x.size(1) <= max(longest, PACKED_ROW_TOKENS)
+    assert x.size(0) > 1
+    assert packed_batch(many, "scratchpad", 96)[0].size(1) <= 96  # a short block_size still bounds a row
 
 
 def test_packed_batches_resume_exactly() -> None:

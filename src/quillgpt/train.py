@@ -270,7 +270,7 @@ class Trainer:
                         raise _EvalInterruptedError
                     x, y, inputs = split_batch(batches.next())
                     with autocast(self.device, self.dtype):
-                        _, loss = self.forward_model(x, y)
+                        _, loss = self.forward_model(x, y, **inputs)
                     losses[i] = loss
                 out[split] = self.dist.mean(losses.mean()).item()
         except _EvalInterruptedError:
