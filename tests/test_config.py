@@ -89,3 +89,15 @@ def test_parse_value_never_crashes_with_anything_but_config_error(text: str) -> 
             parse_value("x", text, kind)
         except ConfigError as exc:
             assert "--x expects" in str(exc)
+
+
+def test_a_flag_the_run_would_ignore_is_refused() -> None:
+    """--decay-frac only shapes the wsd schedule and --pack only packs arithmetic problems: given
+    where they do nothing, they are refused in one line instead of silently dropped."""
+    with pytest.raises(ConfigError, match="--decay-frac .* schedule is cosine"):
+        preset("tiny").replace({"train": {"decay_frac": 0.3}})
+    assert preset("tiny").replace({"train": {"decay_frac": 0.3, "lr_schedule": "wsd"}}).train.decay_frac == 0.3
+    assert preset("seed-fast").replace({"train": {"decay_frac": 0.1}}).train.decay_frac == 0.1  # a wsd preset
+    with pytest.raises(ConfigError, match="--pack .* needs --task"):
+        preset("tiny").replace({"arithmetic": {"pack": True}}).validate()
+    preset("calc3").replace({"arithmetic": {"pack": True}}).validate()

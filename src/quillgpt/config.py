@@ -223,6 +223,9 @@ class ArithmeticConfig:
         _check_at_most("eval_examples", self.eval_examples, MAX_EXAMPLES)
         _check_seed("data_seed", self.data_seed)
         _check_seed("eval_seed", self.eval_seed)
+        if self.pack and not self.enabled:
+            raise ConfigError("--pack packs arithmetic problems into rows and needs --task (a text run's rows are "
+                              "already full): drop --pack")
         if not self.enabled:
             return
         _check_choice("task", self.task, tuple(TASK_OPS))
@@ -315,9 +318,17 @@ class RunConfig:
         return cls(**{name: dataclass_from_dict(kind, data.get(name, {}), name) for name, kind in SECTIONS.items()})
 
     def replace(self, overrides: dict[str, dict[str, Any]]) -> RunConfig:
-        """A copy with some fields changed: ``{"model": {"n_layer": 4}, ...}``."""
-        return RunConfig(**{name: dataclasses.replace(getattr(self, name), **overrides.get(name, {}))
-                            for name in SECTIONS})
+        """A copy with some fields changed: ``{"model": {"n_layer": 4}, ...}``.
+
+        A field that the copy would ignore is refused rather than silently dropped.
+        """
+        changed = RunConfig(**{name: dataclasses.replace(getattr(self, name), **overrides.get(name, {}))
+                               for name in SECTIONS})
+        schedule = changed.train.lr_schedule
+        if "decay_frac" in overrides.get("train", {}) and schedule != "wsd":
+            raise ConfigError(f"--decay-frac is the decay share of --lr-schedule wsd, but this run's schedule is "
+                              f"{schedule}: add --lr-schedule wsd or drop --decay-frac")
+        return changed
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "arithmetic": ArithmeticConfig,
