@@ -93,6 +93,29 @@ def test_stacked_weights_are_refreshed_after_an_update() -> None:
         assert torch.allclose(attn(x), other(x), atol=1e-6)
 
 
+def test_stacked_weights_follow_a_replaced_or_parametrized_projection() -> None:
+    """The stacked matrix reads the heads' weights through the modules' dicts (a decoding fast
+    path): a head whose Linear is swapped, or whose weight is parametrized, must still count."""
+    torch.manual_seed(0)
+    attn = FusedMultiHeadAttention(16, 2, 8, 0.0).eval()
+    classic = MultiHeadAttention(16, 2, 8, 0.0).eval()
+    x = torch.randn(1, 4, 16)
+    with torch.no_grad():
+        attn(x)  # stack once, so a stale copy would be reused below
+        attn.heads[0].key = torch.nn.Linear(16, 8, bias=False)
+        classic.load_state_dict(attn.state_dict())
+        assert torch.allclose(attn(x), classic(x), atol=1e-6)
+
+    class Doubled(torch.nn.Module):
+        def forward(self, weight: torch.Tensor) -> torch.Tensor:
+            return 2 * weight
+
+    torch.nn.utils.parametrize.register_parametrization(attn.heads[1].query, "weight", Doubled())
+    with torch.no_grad():
+        classic.heads[1].query.weight.mul_(2)
+        assert torch.allclose(attn(x), classic(x), atol=1e-6)
+
+
 def test_byte_dropout_keeps_the_expected_fraction_and_mean() -> None:
     from quillgpt.models.attention import byte_dropout
 

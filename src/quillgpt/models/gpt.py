@@ -88,7 +88,8 @@ class FastFeedForward(FeedForward):
         if not matvec.applies(x, expand.weight):
             return self.net(x)
         hidden = act(matvec.linear(x, expand.weight, expand.bias, self._prepared, "expand"))
-        return dropout(matvec.linear(hidden, project.weight, project.bias, self._prepared, "project"))
+        out = matvec.linear(hidden, project.weight, project.bias, self._prepared, "project")
+        return dropout(out) if self.training else out
 
 
 class SwiGLUFeedForward(nn.Module):
