@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# HISTORY: the settings these commands carry were chosen by their score on the old test draw (issue 17.11);
+# benchmarks/posttrain_heldout.sh reruns the chosen path under the held-out protocol (val chooses, test once).
 # Issue 8, second and third sessions: the 3-digit chain, continuing from benchmarks/posttrain.sh's 2-digit SFT run.
 #   SFT on 3-digit questions (two legs) -> SFT with worked answers (three legs) -> reward models -> GRPO / PPO,
 # then column addition written out (stage columns) and a reward model that compares shapes (stage cross),
@@ -9,8 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUILL="${QUILL:-.venv/bin/quill}"
-RUNS=runs/posttrain
-OUT=benchmarks/results/posttrain
+RUNS="${RUNS:-runs/posttrain}"
+OUT="${OUT:-benchmarks/results/posttrain}"
 STAGES="${STAGES:-sft3d sftw rm grpo ppo columns cross eval}"
 TASK=(--ops + --digits 3)
 SFT=(--chat-ops + --chat-digits 3 --lr 1e-3 --warmup-iters 20 --batch-size 64 --eval-interval 250 --overwrite --no-progress)
