@@ -39,8 +39,8 @@ def facts(drawn) -> set[tuple[int, str, int]]:
 def main() -> None:
     archive = subprocess.run(["git", "archive", OLD_SPLIT, "src/quillgpt"], cwd=ROOT, check=True,
                              capture_output=True).stdout
-    with tempfile.TemporaryDirectory() as tmp:
-        tarfile.open(fileobj=BytesIO(archive)).extractall(tmp, filter="data")
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(fileobj=BytesIO(archive)) as files:
+        files.extractall(tmp, filter="data")
         tuned_on = facts(question_module(Path(tmp) / "src").questions("+", 3, 500, 1000, "test"))
     today = question_module(ROOT / "src")
     print(f"old seed-1000 test draw (3-digit +): {len(tuned_on)} distinct problems")

@@ -59,8 +59,14 @@ def earlier_run(run_dir: Path) -> dict:
 
 def describe(config: dict) -> str:
     m, t = config["model"], config["train"]
+    dtype = t["dtype"]
+    if dtype == "auto":  # what it meant on this machine (a reused run is refused on another one)
+        from quillgpt.device import resolve_device, resolve_dtype
+
+        resolved = resolve_dtype(dtype, resolve_device(t["device"]))
+        dtype = f"auto = {str(resolved).removeprefix('torch.')}"
     return (f"{m['n_layer']}x{m['n_embd']}, block {m['block_size']}, batch {t['batch_size']}, {t['optimizer']}, "
-            f"{t['lr_schedule']}, {t['dtype']}, dropout {m['dropout']}")
+            f"{t['lr_schedule']}, {dtype}, dropout {m['dropout']}")
 
 
 def print_tables(runs: list[dict]) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from quillgpt.config import preset
 from quillgpt.data import TokenDataset, split_batch
+from quillgpt.device import resolve_device, resolve_dtype
 from quillgpt.tasks.dataset import open_dataset
 from quillgpt.train import Trainer
 
@@ -100,3 +101,13 @@ def test_lecture_speedrun_refuses_bad_arguments_before_training(argv: list[str],
         runpy.run_path(str(ROOT / "benchmarks" / "lecture_speedrun.py"), run_name="__main__")
     assert message in str(exit_info.value.code)
     assert not (tmp_path / "work").exists()  # nothing was trained
+
+
+def test_the_recipe_line_names_the_dtype_auto_resolved_to(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    describe = runpy.run_path(str(ROOT / "benchmarks" / "lecture_speedrun.py"))["describe"]
+    config = preset("seed-fast").to_dict()  # dtype auto: bf16 where the CPU does it fast, else fp32
+    resolved = str(resolve_dtype("auto", resolve_device(config["train"]["device"]))).removeprefix("torch.")
+    assert f"auto = {resolved}," in describe(config)
+    config["train"]["dtype"] = "float32"
+    assert ", float32," in describe(config)
