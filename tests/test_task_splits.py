@@ -68,3 +68,37 @@ def test_a_small_held_out_half_is_taken_whole_rather_than_failing() -> None:
     # Large operand ranges are never enumerated: asking for more than can exist is a one-line error.
     with pytest.raises(ConfigError, match="there are about"):
         problems("+", 3, 200_000, 0, "test")
+
+
+def test_settings_are_chosen_on_the_val_half_only(tmp_path, monkeypatch, capsys) -> None:
+    """Issue 17.11: SFT's val set, the reward model's held-out pairs and the RL/DPO eval points all
+    read the val half; the test half is left to `quill task eval`, which reports the chosen model."""
+    import quillgpt.posttrain.dpo as dpo
+    import quillgpt.posttrain.reward as reward
+    import quillgpt.posttrain.rl as rl
+    import quillgpt.posttrain.sft as sft
+    from quillgpt.cli import main
+    from quillgpt.tasks.questions import questions
+
+    asked: dict[str, set[str]] = {}
+
+    def spy(module: str):
+        def recorded(ops, digits, count, seed, split):
+            asked.setdefault(module, set()).add(split)
+            return questions(ops, digits, count, seed, split)
+        return recorded
+
+    for module in (sft, reward, rl, dpo):
+        monkeypatch.setattr(module, "questions", spy(module.__name__.rsplit(".", 1)[-1]))
+    run = tmp_path / "sft"
+    assert main(["train", "--chat-data", "arithmetic", "--chat-digits", "2", "--chat-val", "10", "--preset", "tiny",
+                 "--block-size", "40", "--max-iters", "2", "--out-dir", str(run), "--no-progress"]) == 0
+    assert main(["reward", "train", str(run), "--digits", "2", "--steps", "1", "--val-pairs", "6",
+                 "--policy-pairs", "2", "--out-dir", str(tmp_path / "rm"), "--no-progress"]) == 0
+    assert main(["rl", "grpo", str(run), "--reward", "task:arithmetic", "--digits", "1", "--steps", "1",
+                 "--prompts-per-step", "2", "--samples-per-prompt", "2", "--minibatches", "1", "--eval-questions", "4",
+                 "--out-dir", str(tmp_path / "grpo"), "--no-progress"]) == 0
+    assert main(["dpo", str(run), "--digits", "2", "--steps", "1", "--batch-size", "2", "--val-pairs", "4",
+                 "--eval-questions", "4", "--out-dir", str(tmp_path / "dpo"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert asked == {"sft": {"val"}, "reward": {"val"}, "rl": {"val"}, "dpo": {"val"}}
