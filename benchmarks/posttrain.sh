@@ -13,8 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUILL="${QUILL:-.venv/bin/quill}"
-RUNS="${RUNS:-runs/posttrain}"
-OUT="${OUT:-benchmarks/results}"
+RUNS="${POSTTRAIN_RUNS:-runs/posttrain}"
+OUT="${POSTTRAIN_OUT:-benchmarks/results}"
 STAGES="${STAGES:-base sft rm grpo ppo dpo eval}"
 TASK=(--ops + --digits 2)
 mkdir -p "$OUT" "$RUNS"

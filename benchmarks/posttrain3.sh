@@ -11,8 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUILL="${QUILL:-.venv/bin/quill}"
-RUNS="${RUNS:-runs/posttrain}"
-OUT="${OUT:-benchmarks/results/posttrain}"
+RUNS="${POSTTRAIN_RUNS:-runs/posttrain}"
+OUT="${POSTTRAIN_OUT:-benchmarks/results/posttrain}"
 STAGES="${STAGES:-sft3d sftw rm grpo ppo columns cross eval}"
 TASK=(--ops + --digits 3)
 SFT=(--chat-ops + --chat-digits 3 --lr 1e-3 --warmup-iters 20 --batch-size 64 --eval-interval 250 --overwrite --no-progress)

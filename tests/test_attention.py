@@ -3,7 +3,7 @@ import torch
 
 from quillgpt.config import ModelConfig
 from quillgpt.models import build_model
-from quillgpt.models.attention import FusedMultiHeadAttention, MultiHeadAttention
+from quillgpt.models.attention import ByteDropout, FusedMultiHeadAttention, MultiHeadAttention
 from quillgpt.models.gpt import LayerNorm1d
 
 
@@ -114,6 +114,18 @@ def test_stacked_weights_follow_a_replaced_or_parametrized_projection() -> None:
     with torch.no_grad():
         classic.heads[1].query.weight.mul_(2)
         assert torch.allclose(attn(x), classic(x), atol=1e-6)
+        for _ in range(20):  # the computed weight's version and address cannot tell a change
+            attn.heads[1].query.parametrizations.weight.original.add_(0.01)
+            classic.heads[1].query.weight.add_(0.02)
+            assert torch.allclose(attn(x), classic(x), atol=1e-6)
+
+
+def test_byte_dropout_drops_in_training_and_is_the_identity_in_eval() -> None:
+    torch.manual_seed(0)
+    dropout, x = ByteDropout(0.5), torch.ones(10_000)
+    dropped = (dropout.train()(x) == 0).float().mean().item()
+    assert 0.45 < dropped < 0.55
+    assert dropout.eval()(x) is x
 
 
 def test_byte_dropout_keeps_the_expected_fraction_and_mean() -> None:

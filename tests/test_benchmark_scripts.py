@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +23,19 @@ STAND_IN = "import json, sys\nwith open({log!r}, 'a') as f:\n    f.write(json.du
 
 
 def recorded_calls(script: Path, stages: str, tmp_path: Path) -> list[list[str]]:
-    """Run ``script`` with the stand-in as QUILL; the argument lists it was called with."""
-    log = tmp_path / "calls.jsonl"
+    """Run ``script`` with the stand-in as QUILL; the argument lists it was called with.
+
+    The folders of the runs the scripts loop over exist (empty), so their scoring commands run too.
+    """
+    log, runs = tmp_path / "calls.jsonl", tmp_path / "runs"
+    for names in re.findall(r"for run in ([^;]+); do", script.read_text()):
+        for name in names.split():
+            (runs / name).mkdir(parents=True, exist_ok=True)
     fake = tmp_path / "quill"
     fake.write_text(f"#!{sys.executable}\n" + STAND_IN.format(log=str(log)))
     fake.chmod(0o755)
-    env = {**os.environ, "QUILL": str(fake), "STAGES": stages, "RUNS": str(tmp_path / "runs"),
-           "OUT": str(tmp_path / "out")}
+    env = {**os.environ, "QUILL": str(fake), "STAGES": stages, "POSTTRAIN_RUNS": str(runs),
+           "POSTTRAIN_OUT": str(tmp_path / "out")}
     subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True, timeout=120)
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
@@ -44,16 +51,18 @@ def rejected(calls: list[list[str]]) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize(("script", "stages", "skipped"), [
-    ("posttrain_heldout.sh", "base sft2 sft3 sftw sftc post", "if stage test"),
-    ("posttrain.sh", "base sft rm grpo ppo dpo", "if stage eval"),
-    ("posttrain3.sh", "sft3d sftw rm grpo ppo columns cross", "if stage eval"),
+@pytest.mark.parametrize(("script", "stages", "expected"), [
+    # 13 training commands, then 8 runs x 2 test draws
+    ("posttrain_heldout.sh", "base sft2 sft3 sftw sftc post test", 13 + 16),
+    # 7 training commands, then 4 runs x 2 eval commands
+    ("posttrain.sh", "base sft rm grpo ppo dpo eval", 7 + 8),
+    # every stage but eval, which also runs rl_diagnostics.py on the (here empty) runs
+    ("posttrain3.sh", "sft3d sftw rm grpo ppo columns cross", 15),
 ])
-def test_every_quill_command_in_the_script_parses(script: str, stages: str, skipped: str, tmp_path: Path,
+def test_every_quill_command_in_the_script_parses(script: str, stages: str, expected: int, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     calls = recorded_calls(BENCHMARKS / script, stages, tmp_path)
-    # every quill command before the block that needs finished runs (their test scores) was made
-    assert len(calls) == (BENCHMARKS / script).read_text().split(skipped)[0].count('"$QUILL" ') > 0
+    assert len(calls) == expected
     assert not rejected(calls), f"{script}: quill refuses {rejected(calls)}"
 
 
@@ -63,3 +72,15 @@ def test_a_mistyped_flag_is_caught(tmp_path: Path, capsys: pytest.CaptureFixture
     calls = recorded_calls(script, "", tmp_path)
     assert calls == [["train", "--preset", "tiny", "--max-iterz", "3"]]
     assert rejected(calls) == ["train --preset tiny --max-iterz 3"]
+
+
+def test_a_failed_background_run_stops_the_script(tmp_path: Path) -> None:
+    """posttrain_heldout.sh runs two jobs at a time; a failed one must not be scored from an old folder."""
+    fake = tmp_path / "quill"
+    fake.write_text(f"#!{sys.executable}\nimport sys\nsys.exit(2 if sys.argv[1:3] == ['rl', 'grpo'] else 0)\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "QUILL": str(fake), "STAGES": "post test", "POSTTRAIN_RUNS": str(tmp_path / "runs"),
+           "POSTTRAIN_OUT": str(tmp_path / "out")}
+    done = subprocess.run(["bash", str(BENCHMARKS / "posttrain_heldout.sh")], env=env, capture_output=True,
+                          timeout=120)
+    assert done.returncode != 0

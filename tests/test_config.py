@@ -98,6 +98,15 @@ def test_a_flag_the_run_would_ignore_is_refused() -> None:
         preset("tiny").replace({"train": {"decay_frac": 0.3}})
     assert preset("tiny").replace({"train": {"decay_frac": 0.3, "lr_schedule": "wsd"}}).train.decay_frac == 0.3
     assert preset("seed-fast").replace({"train": {"decay_frac": 0.1}}).train.decay_frac == 0.1  # a wsd preset
+    with pytest.raises(ConfigError, match="decay_frac is a share"):  # out of range: said first
+        preset("tiny").replace({"train": {"decay_frac": 2.0}})
     with pytest.raises(ConfigError, match="--pack .* needs --task"):
-        preset("tiny").replace({"arithmetic": {"pack": True}}).validate()
+        preset("tiny").replace({"arithmetic": {"pack": True}})
     preset("calc3").replace({"arithmetic": {"pack": True}}).validate()
+
+
+def test_a_saved_run_with_an_ignored_setting_still_loads() -> None:
+    """Before the refusals above, --pack on a text run was accepted and saved in config.json."""
+    saved = preset("tiny").to_dict()
+    saved["arithmetic"]["pack"] = True
+    RunConfig.from_dict(saved).validate()

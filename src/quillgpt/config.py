@@ -180,10 +180,13 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
             raise ConfigError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
-        if not (math.isfinite(self.decay_frac) and 0.0 <= self.decay_frac <= 1.0):
-            raise ConfigError(f"decay_frac is a share of max_iters, in [0, 1], got {self.decay_frac}: try e.g. 0.2")
+        self.check_decay_frac()
         if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
             raise ConfigError(f"max_minutes must be >= 0 (0 means no time limit), got {self.max_minutes}")
+
+    def check_decay_frac(self) -> None:
+        if not (math.isfinite(self.decay_frac) and 0.0 <= self.decay_frac <= 1.0):
+            raise ConfigError(f"decay_frac is a share of max_iters, in [0, 1], got {self.decay_frac}: try e.g. 0.2")
 
 
 @dataclass
@@ -223,9 +226,6 @@ class ArithmeticConfig:
         _check_at_most("eval_examples", self.eval_examples, MAX_EXAMPLES)
         _check_seed("data_seed", self.data_seed)
         _check_seed("eval_seed", self.eval_seed)
-        if self.pack and not self.enabled:
-            raise ConfigError("--pack packs arithmetic problems into rows and needs --task (a text run's rows are "
-                              "already full): drop --pack")
         if not self.enabled:
             return
         _check_choice("task", self.task, tuple(TASK_OPS))
@@ -320,14 +320,21 @@ class RunConfig:
     def replace(self, overrides: dict[str, dict[str, Any]]) -> RunConfig:
         """A copy with some fields changed: ``{"model": {"n_layer": 4}, ...}``.
 
-        A field that the copy would ignore is refused rather than silently dropped.
+        Two flags that the copy would ignore are refused rather than silently dropped. (Checked
+        here, on what is being changed, not in ``validate``: runs saved before these checks carry
+        such settings in their config.json and must still load.)
         """
         changed = RunConfig(**{name: dataclasses.replace(getattr(self, name), **overrides.get(name, {}))
                                for name in SECTIONS})
         schedule = changed.train.lr_schedule
-        if "decay_frac" in overrides.get("train", {}) and schedule != "wsd":
-            raise ConfigError(f"--decay-frac is the decay share of --lr-schedule wsd, but this run's schedule is "
-                              f"{schedule}: add --lr-schedule wsd or drop --decay-frac")
+        if "decay_frac" in overrides.get("train", {}):
+            changed.train.check_decay_frac()  # a value out of range is named as such first
+            if schedule != "wsd":
+                raise ConfigError(f"--decay-frac is the decay share of --lr-schedule wsd, but this run's schedule is "
+                                  f"{schedule}: add --lr-schedule wsd or drop --decay-frac")
+        if overrides.get("arithmetic", {}).get("pack") and not changed.arithmetic.enabled:
+            raise ConfigError("--pack packs arithmetic problems into rows and needs --task (a text run's rows are "
+                              "already full): drop --pack")
         return changed
 
 

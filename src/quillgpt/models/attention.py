@@ -261,9 +261,11 @@ class FusedMultiHeadAttention(MultiHeadAttention):
 
         Without autograd (sampling, eval) the stacked copy is reused until a weight changes:
         every in-place update (optimizer step, load_state_dict) bumps a tensor's _version.
+        A computed weight (a parametrization) is a new tensor at each look-up, whose version
+        and address say nothing about its values, so then the stack is always rebuilt.
         """
-        weights = self._projection_weights()
-        if torch.is_grad_enabled():
+        weights, all_stored = self._projection_weights()
+        if torch.is_grad_enabled() or not all_stored:
             self._stacked = None
             return torch.cat(weights)
         versions = tuple(w._version for w in weights) + tuple(w.data_ptr() for w in weights)
@@ -271,21 +273,23 @@ class FusedMultiHeadAttention(MultiHeadAttention):
             self._stacked = (versions, torch.cat(weights))
         return self._stacked[1]
 
-    def _projection_weights(self) -> list[torch.Tensor]:
-        """Every head's query weights, then key, then value (what ``qkv_weight`` stacks).
+    def _projection_weights(self) -> tuple[list[torch.Tensor], bool]:
+        """Every head's query weights, then key, then value (what ``qkv_weight`` stacks), and
+        whether all of them are stored parameters (not computed at each look-up).
 
         This runs once per layer per decoded token, so it reads the modules' own dicts: through
         ``Module.__getattr__`` (two look-ups per weight, 36 per 6-head layer) it took ~43 us a
         layer on the 2-core EPYC, through the dicts ~5 us, about as long as the token's attention.
         """
         weights: dict[str, list[torch.Tensor]] = {"query": [], "key": [], "value": []}
+        all_stored = True
         for head in self.heads._modules.values():
             for name, column in weights.items():
                 weight = head._modules[name]._parameters.get("weight")
-                if weight is None:  # e.g. a parametrized weight: the ordinary look-up knows it
-                    weight = getattr(head, name).weight
+                if weight is None:  # e.g. a parametrized weight: the ordinary look-up computes it
+                    weight, all_stored = getattr(head, name).weight, False
                 column.append(weight)
-        return weights["query"] + weights["key"] + weights["value"]
+        return weights["query"] + weights["key"] + weights["value"], all_stored
 
     def qkv_bias(self) -> torch.Tensor | None:
         """The per-head biases stacked like ``qkv_weight`` (None without qkv_bias: the lecture's heads)."""
