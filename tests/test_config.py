@@ -105,6 +105,27 @@ def test_a_flag_the_run_would_ignore_is_refused() -> None:
     preset("calc3").replace({"arithmetic": {"pack": True}}).validate()
 
 
+@pytest.mark.parametrize(("name", "change", "message"), [
+    ("tiny", {"arithmetic": {"digits": 2}}, "--digits sets up an arithmetic task"),
+    ("tiny", {"arithmetic": {"format": "plain"}}, "--format sets up an arithmetic task"),
+    ("tiny", {"arithmetic": {"eval_seed": 5}}, "--eval-seed sets up an arithmetic task"),
+    ("sft", {"arithmetic": {"train_examples": 50}}, "--train-examples sets up an arithmetic task"),
+    ("bigram", {"train": {"min_lr": 1e-4}}, "--min-lr shapes the cosine and wsd schedules"),
+    ("bigram", {"train": {"warmup_iters": 10}}, "--warmup-iters shapes"),
+    ("sft", {"chat": {"chat_work_style": "columns"}}, "--chat-work-style styles the worked demonstrations"),
+])
+def test_every_setting_a_run_would_ignore_is_refused(name: str, change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        preset(name).replace(change)
+
+
+def test_the_same_settings_are_taken_where_they_act() -> None:
+    preset("add3-reversed").replace({"arithmetic": {"digits": 2, "format": "plain", "eval_seed": 5}}).validate()
+    preset("bigram").replace({"train": {"min_lr": 1e-4, "lr_schedule": "cosine"}}).validate()
+    preset("sft").replace({"chat": {"chat_work_style": "columns", "chat_worked": 0.4}})
+    preset("tiny").replace({"arithmetic": {"pack": False}})  # --no-pack asks for nothing ignored
+
+
 def test_a_saved_run_with_an_ignored_setting_still_loads() -> None:
     """Before the refusals above, --pack on a text run was accepted and saved in config.json."""
     saved = preset("tiny").to_dict()

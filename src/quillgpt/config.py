@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -320,26 +321,48 @@ class RunConfig:
     def replace(self, overrides: dict[str, dict[str, Any]]) -> RunConfig:
         """A copy with some fields changed: ``{"model": {"n_layer": 4}, ...}``.
 
-        Two flags that the copy would ignore are refused rather than silently dropped. (Checked
-        here, on what is being changed, not in ``validate``: runs saved before these checks carry
-        such settings in their config.json and must still load.)
+        A field given that the copy would ignore (``IGNORED_UNLESS``) is refused rather than
+        silently dropped, after its section's own checks, so a value out of range is named as
+        such first. (Checked here, on what is being changed, not in ``validate``: runs saved
+        before these checks may carry such settings in their config.json and must still load.)
         """
         changed = RunConfig(**{name: dataclasses.replace(getattr(self, name), **overrides.get(name, {}))
                                for name in SECTIONS})
-        schedule = changed.train.lr_schedule
-        if "decay_frac" in overrides.get("train", {}):
-            changed.train.check_decay_frac()  # a value out of range is named as such first
-            if schedule != "wsd":
-                raise ConfigError(f"--decay-frac is the decay share of --lr-schedule wsd, but this run's schedule is "
-                                  f"{schedule}: add --lr-schedule wsd or drop --decay-frac")
-        if overrides.get("arithmetic", {}).get("pack") and not changed.arithmetic.enabled:
-            raise ConfigError("--pack packs arithmetic problems into rows and needs --task (a text run's rows are "
-                              "already full): drop --pack")
+        for section, given in overrides.items():
+            for name in given:
+                rule = IGNORED_UNLESS.get((section, name))
+                if rule is not None and not rule[0](changed):
+                    getattr(changed, section).validate()
+                    flag = "--" + name.replace("_", "-")
+                    raise ConfigError(f"{flag} {rule[1].format(c=changed)}: {rule[2].format(flag=flag)}")
         return changed
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "arithmetic": ArithmeticConfig,
                              "chat": ChatConfig}
+
+_NEEDS_TASK = (lambda c: c.arithmetic.enabled, "sets up an arithmetic task, and this run has none (no --task)",
+               "add --task (add, sub, mul, div or calc) or drop {flag}")
+_NOT_CONSTANT = (lambda c: c.train.lr_schedule != "constant",
+                 "shapes the cosine and wsd schedules, but this run's is constant (lr held at --lr)",
+                 "add --lr-schedule cosine or wsd, or drop {flag}")
+# (section, field) -> (does the field act on this run?, why it would not, what to do): RunConfig.replace
+# refuses a field given on the command line (or by a caller) that the run would silently ignore.
+IGNORED_UNLESS: dict[tuple[str, str], tuple[Callable[[RunConfig], bool], str, str]] = {
+    ("train", "decay_frac"): (lambda c: c.train.lr_schedule == "wsd",
+                              "is the decay share of --lr-schedule wsd, but this run's schedule is "
+                              "{c.train.lr_schedule}", "add --lr-schedule wsd or drop {flag}"),
+    ("train", "min_lr"): _NOT_CONSTANT,
+    ("train", "warmup_iters"): _NOT_CONSTANT,
+    **{("arithmetic", name): _NEEDS_TASK
+       for name in ("digits", "format", "train_examples", "data_seed", "eval_examples", "eval_seed")},
+    ("arithmetic", "pack"): (lambda c: c.arithmetic.enabled or not c.arithmetic.pack,
+                             "packs arithmetic problems into rows and needs --task (a text run's rows are "
+                             "already full)", "drop {flag}"),
+    ("chat", "chat_work_style"): (lambda c: c.chat.chat_worked > 0,
+                                  "styles the worked demonstrations, but --chat-worked is 0 (none is worked)",
+                                  "add --chat-worked (e.g. 0.4) or drop {flag}"),
+}
 
 
 # ---------------------------------------------------------------------------------------
