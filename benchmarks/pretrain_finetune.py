@@ -109,6 +109,17 @@ def eval_interval(preset_name: str, extra: list[str]) -> int:
     return preset(preset_name).train.eval_interval
 
 
+def finetune_min_lr(preset_name: str, finetune_lr: float) -> list[str]:
+    """--min-lr for the finetune leg (a tenth of its lr), unless the preset's schedule is constant
+    and would not read it (quill refuses a flag a run ignores)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from quillgpt.config import preset
+
+    if preset(preset_name).train.lr_schedule == "constant":
+        return []
+    return ["--min-lr", str(finetune_lr / 10)]
+
+
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pretrain-minutes", type=float, default=10.0)
@@ -147,7 +158,7 @@ def main() -> None:
     pretrained = train("c_pretrain", work, novels, args.pretrain_minutes, speed, flags, [])
     runs["c"] = train("c_finetune", work, shakespeare, args.finetune_minutes, speed, flags,
                       ["--init-from", str(pretrained), "--lr", str(args.finetune_lr),
-                       "--min-lr", str(args.finetune_lr / 10)])
+                       *finetune_min_lr(args.preset, args.finetune_lr)])
 
     rows = []
     for key, run in runs.items():

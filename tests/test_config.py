@@ -106,13 +106,19 @@ def test_a_flag_the_run_would_ignore_is_refused() -> None:
 
 
 @pytest.mark.parametrize(("name", "change", "message"), [
-    ("tiny", {"arithmetic": {"digits": 2}}, "--digits sets up an arithmetic task"),
+    ("tiny", {"arithmetic": {"digits": 2}}, "--digits sets up an arithmetic task, .*: add --task .* or drop --digits"),
     ("tiny", {"arithmetic": {"format": "plain"}}, "--format sets up an arithmetic task"),
     ("tiny", {"arithmetic": {"eval_seed": 5}}, "--eval-seed sets up an arithmetic task"),
-    ("sft", {"arithmetic": {"train_examples": 50}}, "--train-examples sets up an arithmetic task"),
-    ("bigram", {"train": {"min_lr": 1e-4}}, "--min-lr shapes the cosine and wsd schedules"),
+    ("tiny", {"arithmetic": {"data_seed": 3}}, "--data-seed sets up an arithmetic task"),
+    ("tiny", {"arithmetic": {"eval_examples": 30}}, "--eval-examples sets up an arithmetic task"),
+    ("sft", {"arithmetic": {"train_examples": 50}}, "--train-examples .* chat run: .*--chat-examples.*; drop "
+                                                    "--train-examples"),
+    ("bigram", {"train": {"min_lr": 1e-4}}, "--min-lr shapes the cosine and wsd schedules.*: add --lr-schedule"),
     ("bigram", {"train": {"warmup_iters": 10}}, "--warmup-iters shapes"),
-    ("sft", {"chat": {"chat_work_style": "columns"}}, "--chat-work-style styles the worked demonstrations"),
+    ("tiny", {"train": {"muon_lr": 0.5}}, "--muon-lr .* optimizer is adamw: add --optimizer muon or drop --muon-lr"),
+    ("tiny", {"chat": {"chat_digits": 2}}, "--chat-digits shapes the built-in .* use --chat-data arithmetic"),
+    ("sft", {"chat": {"chat_data": "talk.jsonl", "chat_worked": 0.4}}, "--chat-worked shapes the built-in"),
+    ("sft", {"chat": {"chat_work_style": "columns"}}, "--chat-work-style .* --chat-worked is 0.*: add --chat-worked"),
 ])
 def test_every_setting_a_run_would_ignore_is_refused(name: str, change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -120,10 +126,13 @@ def test_every_setting_a_run_would_ignore_is_refused(name: str, change: dict, me
 
 
 def test_the_same_settings_are_taken_where_they_act() -> None:
-    preset("add3-reversed").replace({"arithmetic": {"digits": 2, "format": "plain", "eval_seed": 5}}).validate()
+    preset("add3-reversed").replace({"arithmetic": {"digits": 2, "format": "plain", "eval_seed": 5,
+                                                    "data_seed": 3, "eval_examples": 30}}).validate()
     preset("bigram").replace({"train": {"min_lr": 1e-4, "lr_schedule": "cosine"}}).validate()
-    preset("sft").replace({"chat": {"chat_work_style": "columns", "chat_worked": 0.4}})
+    preset("seed-fast").replace({"train": {"min_lr": 1e-5, "warmup_iters": 5, "muon_lr": 0.01}}).validate()  # wsd
+    preset("sft").replace({"chat": {"chat_work_style": "columns", "chat_worked": 0.4, "chat_digits": 3}}).validate()
     preset("tiny").replace({"arithmetic": {"pack": False}})  # --no-pack asks for nothing ignored
+    preset("bigram").replace({"train": {"lr": 1e-4}}).validate()  # the constant schedule never reads min_lr
 
 
 def test_a_saved_run_with_an_ignored_setting_still_loads() -> None:

@@ -172,8 +172,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value}: try e.g. 3e-4")
-        if self.min_lr > self.lr:
-            raise ConfigError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.min_lr > self.lr and self.lr_schedule != "constant":  # the constant schedule never reads min_lr
+            raise ConfigError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr}): lower --min-lr or raise --lr")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         for name in ("beta1", "beta2"):
@@ -333,35 +333,56 @@ class RunConfig:
                 rule = IGNORED_UNLESS.get((section, name))
                 if rule is not None and not rule[0](changed):
                     getattr(changed, section).validate()
-                    flag = "--" + name.replace("_", "-")
-                    raise ConfigError(f"{flag} {rule[1].format(c=changed)}: {rule[2].format(flag=flag)}")
+                    raise ConfigError(rule[1](changed, "--" + name.replace("_", "-")))
         return changed
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "arithmetic": ArithmeticConfig,
                              "chat": ChatConfig}
 
-_NEEDS_TASK = (lambda c: c.arithmetic.enabled, "sets up an arithmetic task, and this run has none (no --task)",
-               "add --task (add, sub, mul, div or calc) or drop {flag}")
-_NOT_CONSTANT = (lambda c: c.train.lr_schedule != "constant",
-                 "shapes the cosine and wsd schedules, but this run's is constant (lr held at --lr)",
-                 "add --lr-schedule cosine or wsd, or drop {flag}")
-# (section, field) -> (does the field act on this run?, why it would not, what to do): RunConfig.replace
-# refuses a field given on the command line (or by a caller) that the run would silently ignore.
-IGNORED_UNLESS: dict[tuple[str, str], tuple[Callable[[RunConfig], bool], str, str]] = {
-    ("train", "decay_frac"): (lambda c: c.train.lr_schedule == "wsd",
-                              "is the decay share of --lr-schedule wsd, but this run's schedule is "
-                              "{c.train.lr_schedule}", "add --lr-schedule wsd or drop {flag}"),
-    ("train", "min_lr"): _NOT_CONSTANT,
-    ("train", "warmup_iters"): _NOT_CONSTANT,
-    **{("arithmetic", name): _NEEDS_TASK
+def _needs_task(c: RunConfig, flag: str) -> str:
+    if c.chat.enabled:  # a chat run's questions have their own flags
+        return (f"{flag} sets up an arithmetic task, but this is a chat run: its built-in questions take "
+                f"--chat-ops, --chat-digits, --chat-examples and --chat-seed; drop {flag}")
+    return (f"{flag} sets up an arithmetic task, and this run has none: add --task (add, sub, mul, div or calc) "
+            f"or drop {flag}")
+
+
+def _needs_builtin_questions(c: RunConfig, flag: str) -> str:
+    return (f"{flag} shapes the built-in arithmetic questions, and this run has none (--chat-data is "
+            f"{c.chat.chat_data or 'not set'}): use --chat-data arithmetic (quill sft: --data arithmetic) "
+            f"or drop {flag}")
+
+
+def _not_constant(c: RunConfig, flag: str) -> str:
+    return (f"{flag} shapes the cosine and wsd schedules, but this run's is constant (lr held at --lr): "
+            f"add --lr-schedule cosine or wsd, or drop {flag}")
+
+
+_TASK = (lambda c: c.arithmetic.enabled, _needs_task)
+_BUILTIN = (lambda c: c.chat.builtin, _needs_builtin_questions)
+# (section, field) -> (does the field act on this run?, the one-line refusal when it does not):
+# RunConfig.replace refuses a field given on the command line (or by a caller) that the run would
+# silently ignore. Model fields are left out: --init-from swaps in another run's model afterwards.
+IGNORED_UNLESS: dict[tuple[str, str], tuple[Callable[[RunConfig], bool], Callable[[RunConfig, str], str]]] = {
+    ("train", "decay_frac"): (lambda c: c.train.lr_schedule == "wsd", lambda c, flag: (
+        f"{flag} is the decay share of --lr-schedule wsd, but this run's schedule is {c.train.lr_schedule}: "
+        f"add --lr-schedule wsd or drop {flag}")),
+    ("train", "min_lr"): (lambda c: c.train.lr_schedule != "constant", _not_constant),
+    ("train", "warmup_iters"): (lambda c: c.train.lr_schedule != "constant", _not_constant),
+    ("train", "muon_lr"): (lambda c: c.train.optimizer == "muon", lambda c, flag: (
+        f"{flag} is the learning rate of Muon's matrices, but this run's optimizer is {c.train.optimizer}: "
+        f"add --optimizer muon or drop {flag}")),
+    **{("arithmetic", name): _TASK
        for name in ("digits", "format", "train_examples", "data_seed", "eval_examples", "eval_seed")},
-    ("arithmetic", "pack"): (lambda c: c.arithmetic.enabled or not c.arithmetic.pack,
-                             "packs arithmetic problems into rows and needs --task (a text run's rows are "
-                             "already full)", "drop {flag}"),
-    ("chat", "chat_work_style"): (lambda c: c.chat.chat_worked > 0,
-                                  "styles the worked demonstrations, but --chat-worked is 0 (none is worked)",
-                                  "add --chat-worked (e.g. 0.4) or drop {flag}"),
+    ("arithmetic", "pack"): (lambda c: c.arithmetic.enabled or not c.arithmetic.pack, lambda c, flag: (
+        f"{flag} packs arithmetic problems into rows and needs --task (a text run's rows are already full): "
+        f"drop {flag}")),
+    **{("chat", name): _BUILTIN for name in ("chat_ops", "chat_digits", "chat_examples", "chat_worked")},
+    ("chat", "chat_work_style"): (lambda c: c.chat.builtin and c.chat.chat_worked > 0, lambda c, flag: (
+        _needs_builtin_questions(c, flag) if not c.chat.builtin else
+        f"{flag} styles the worked demonstrations, but --chat-worked is 0 (none is worked): "
+        f"add --chat-worked (e.g. 0.4) or drop {flag}")),
 }
 
 
