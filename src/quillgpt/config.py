@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from quillgpt.errors import ConfigError
+from quillgpt.ignored_flags import IGNORED_UNLESS
 
 ARCHS = ("bigram", "gpt", "mlp", "cnn", "rnn", "lstm", "gru")  # mlp..gru: the model zoo (models/zoo/)
 ATTENTIONS = ("classic", "fused")
@@ -181,13 +181,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
             raise ConfigError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
-        self.check_decay_frac()
-        if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
-            raise ConfigError(f"max_minutes must be >= 0 (0 means no time limit), got {self.max_minutes}")
-
-    def check_decay_frac(self) -> None:
         if not (math.isfinite(self.decay_frac) and 0.0 <= self.decay_frac <= 1.0):
             raise ConfigError(f"decay_frac is a share of max_iters, in [0, 1], got {self.decay_frac}: try e.g. 0.2")
+        if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
+            raise ConfigError(f"max_minutes must be >= 0 (0 means no time limit), got {self.max_minutes}")
 
 
 @dataclass
@@ -339,51 +336,6 @@ class RunConfig:
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "arithmetic": ArithmeticConfig,
                              "chat": ChatConfig}
-
-def _needs_task(c: RunConfig, flag: str) -> str:
-    if c.chat.enabled:  # a chat run's questions have their own flags
-        return (f"{flag} sets up an arithmetic task, but this is a chat run: its built-in questions take "
-                f"--chat-ops, --chat-digits, --chat-examples and --chat-seed; drop {flag}")
-    return (f"{flag} sets up an arithmetic task, and this run has none: add --task (add, sub, mul, div or calc) "
-            f"or drop {flag}")
-
-
-def _needs_builtin_questions(c: RunConfig, flag: str) -> str:
-    return (f"{flag} shapes the built-in arithmetic questions, and this run has none (--chat-data is "
-            f"{c.chat.chat_data or 'not set'}): use --chat-data arithmetic (quill sft: --data arithmetic) "
-            f"or drop {flag}")
-
-
-def _not_constant(c: RunConfig, flag: str) -> str:
-    return (f"{flag} shapes the cosine and wsd schedules, but this run's is constant (lr held at --lr): "
-            f"add --lr-schedule cosine or wsd, or drop {flag}")
-
-
-_TASK = (lambda c: c.arithmetic.enabled, _needs_task)
-_BUILTIN = (lambda c: c.chat.builtin, _needs_builtin_questions)
-# (section, field) -> (does the field act on this run?, the one-line refusal when it does not):
-# RunConfig.replace refuses a field given on the command line (or by a caller) that the run would
-# silently ignore. Model fields are left out: --init-from swaps in another run's model afterwards.
-IGNORED_UNLESS: dict[tuple[str, str], tuple[Callable[[RunConfig], bool], Callable[[RunConfig, str], str]]] = {
-    ("train", "decay_frac"): (lambda c: c.train.lr_schedule == "wsd", lambda c, flag: (
-        f"{flag} is the decay share of --lr-schedule wsd, but this run's schedule is {c.train.lr_schedule}: "
-        f"add --lr-schedule wsd or drop {flag}")),
-    ("train", "min_lr"): (lambda c: c.train.lr_schedule != "constant", _not_constant),
-    ("train", "warmup_iters"): (lambda c: c.train.lr_schedule != "constant", _not_constant),
-    ("train", "muon_lr"): (lambda c: c.train.optimizer == "muon", lambda c, flag: (
-        f"{flag} is the learning rate of Muon's matrices, but this run's optimizer is {c.train.optimizer}: "
-        f"add --optimizer muon or drop {flag}")),
-    **{("arithmetic", name): _TASK
-       for name in ("digits", "format", "train_examples", "data_seed", "eval_examples", "eval_seed")},
-    ("arithmetic", "pack"): (lambda c: c.arithmetic.enabled or not c.arithmetic.pack, lambda c, flag: (
-        f"{flag} packs arithmetic problems into rows and needs --task (a text run's rows are already full): "
-        f"drop {flag}")),
-    **{("chat", name): _BUILTIN for name in ("chat_ops", "chat_digits", "chat_examples", "chat_worked")},
-    ("chat", "chat_work_style"): (lambda c: c.chat.builtin and c.chat.chat_worked > 0, lambda c, flag: (
-        _needs_builtin_questions(c, flag) if not c.chat.builtin else
-        f"{flag} styles the worked demonstrations, but --chat-worked is 0 (none is worked): "
-        f"add --chat-worked (e.g. 0.4) or drop {flag}")),
-}
 
 
 # ---------------------------------------------------------------------------------------
