@@ -18,7 +18,7 @@ from torch import nn
 
 from quillgpt.config import ModelConfig
 from quillgpt.errors import ConfigError
-from quillgpt.models import matvec
+from quillgpt.models import decode, matvec
 from quillgpt.models.attention import (
     FusedMultiHeadAttention,
     KVCache,
@@ -199,6 +199,10 @@ class GPT(LanguageModel):
         ``positions`` (B, T): packed rows, several sequences per row (``attention.Packing``); each
         token sits at its given position and attends only to the earlier tokens of its own sequence.
         """
+        if targets is None and positions is None and decode.applies(self, idx, kv_cache):
+            plan = decode.plan_for(self)  # one decoded token on CPU: the flat fast path (models/decode.py)
+            if plan is not None:
+                return plan.step(idx, kv_cache), None
         logits = self.lm_head(self.features(idx, kv_cache, positions))  # (B, T, vocab)
         loss = None if targets is None else language_model_loss(logits, targets, loss_mask)
         return logits, loss

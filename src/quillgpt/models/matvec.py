@@ -15,9 +15,10 @@ is fastest depends on the shape (measured here, 2 threads, fp32):
   rebuilt when the weight changes;
 * out < in (fc2): the weight itself viewed as (threads, out / threads, in), no copy, 1.5x.
 
-Only fp32 takes this path (bf16 products already go to a parallel oneDNN kernel), and
-only without autograd, on CPU, with one row. ``quill bench sample`` measures the effect;
-tests/test_matvec.py checks it against ``F.linear``.
+Only fp32 takes this path (bf16 products already go to a parallel oneDNN kernel), and only
+without autograd, on CPU, with one row. ``models/decode.py`` runs a whole decoded token on
+these products; ``quill bench sample`` measures the effect; tests/test_matvec.py checks them
+against ``F.linear``.
 """
 
 from __future__ import annotations
@@ -58,17 +59,38 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and weight.size(0) % parts == 0)
 
 
+def operand(weight: torch.Tensor, parts: int, prepared: PreparedWeights, name: str) -> torch.Tensor:
+    """``weight`` (out, in) as the (parts, in, out / parts) right-hand side of the split product.
+
+    out >= in: a contiguous copy, kept in ``prepared``; out < in: a view of the weight itself.
+    """
+    if weight.size(0) >= weight.size(1):
+        return prepared.split_columns(name, weight, parts)
+    out, inp = weight.shape
+    return weight.view(parts, out // parts, inp).transpose(1, 2)  # a view: no copy
+
+
+def split_bias(bias: torch.Tensor | None, parts: int) -> torch.Tensor | None:
+    """A bias (out,) as (parts, 1, out / parts), the shape of the split product's output."""
+    return None if bias is None else bias.view(parts, 1, -1)
+
+
+def product(row: torch.Tensor, slices: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One row (in,) or (1, in) times ``operand``'s slices, plus a ``split_bias``: (1, out).
+
+    ``baddbmm`` adds the bias inside the product, one op instead of two.
+    """
+    parts, inp, _ = slices.shape
+    lhs = row.reshape(1, 1, inp).expand(parts, 1, inp)
+    y = torch.bmm(lhs, slices) if bias is None else torch.baddbmm(bias, lhs, slices)
+    return y.view(1, -1)  # slice p -> outputs p*out/parts ...
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, prepared: PreparedWeights,
            name: str) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, through the split matrix-vector kernel when ``applies``."""
     if not applies(x, weight):
         return F.linear(x, weight, bias)
     parts = torch.get_num_threads()
-    out, inp = weight.shape
-    row = x.reshape(1, 1, inp).expand(parts, 1, inp)
-    if out >= inp:
-        slices = prepared.split_columns(name, weight, parts)  # (parts, in, out / parts)
-    else:
-        slices = weight.view(parts, out // parts, inp).transpose(1, 2)  # a view: no copy
-    y = torch.bmm(row, slices).view(*x.shape[:-1], out)  # slice p -> outputs p*out/parts ...
-    return y if bias is None else y + bias
+    y = product(x, operand(weight, parts, prepared, name), split_bias(bias, parts))
+    return y.view(*x.shape[:-1], weight.size(0))

@@ -1,0 +1,116 @@
+"""The flat one-token decoding path (models/decode.py) gives the logits the modules give."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from quillgpt.config import ModelConfig
+from quillgpt.models import build_model
+from quillgpt.sample import generate
+
+FLAGS = {
+    "lecture": {},
+    "scratch norm, gelu": {"norm": "scratch", "activation": "gelu"},
+    "rms, rope, swiglu, qk-norm, tied": {"norm": "rms", "position": "rope", "activation": "swiglu",
+                                         "qk_norm": True, "tie_weights": True},
+    "qkv bias, no head bias, gelu_tanh, even vocab": {"qkv_bias": True, "head_bias": False,
+                                                      "activation": "gelu_tanh", "vocab_size": 14},
+}
+
+
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _model(**flags) -> nn.Module:
+    torch.manual_seed(0)
+    config = ModelConfig(**{"vocab_size": 13, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16,
+                            "dropout": 0.1, **flags})
+    model = build_model(config).eval()
+    with torch.no_grad():  # non-zero biases and gains, so a dropped one shows in the logits
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "ln" in name or "norm" in name:
+                param.add_(0.3 * torch.randn_like(param))
+    return model
+
+
+def _decoded_logits(model: nn.Module, idx: torch.Tensor, prefill: int) -> torch.Tensor:
+    """Logits of positions prefill-1 .. T-1: a chunk through the cache, then one token at a time."""
+    with torch.no_grad():
+        cache = model.new_kv_cache(1)
+        first, _ = model(idx[:, :prefill], kv_cache=cache)
+        steps = [model(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(prefill, idx.size(1))]
+    return torch.cat([first[:, -1:], *steps], dim=1)
+
+
+def _full_logits(model: nn.Module, idx: torch.Tensor, prefill: int) -> torch.Tensor:
+    with torch.no_grad():
+        return model(idx)[0][:, prefill - 1:]
+
+
+@pytest.mark.parametrize("flags", FLAGS.values(), ids=FLAGS.keys())
+def test_decoded_tokens_match_the_full_forward(threads, flags: dict) -> None:
+    model = _model(**flags)
+    idx = torch.randint(0, model.config.vocab_size, (1, 16))
+    decoded = _decoded_logits(model, idx, prefill=5)
+    assert "_decode_plan" in model.__dict__  # the flat path ran
+    assert torch.allclose(decoded, _full_logits(model, idx, 5), atol=1e-5)
+
+
+@pytest.mark.parametrize("change", ["in place", "replaced", "moved", "head weight"])
+def test_a_changed_weight_is_seen(threads, change: str) -> None:
+    model = _model()
+    idx = torch.randint(0, 13, (1, 12))
+    _decoded_logits(model, idx, prefill=3)  # builds the plan
+    with torch.no_grad():
+        if change == "in place":  # an optimizer step, load_state_dict
+            model.blocks[1].sa.heads[0].query.weight.mul_(-2.0)
+        elif change == "replaced":
+            model.blocks[0].ffwd.net[0].weight = nn.Parameter(torch.randn(64, 16))
+        elif change == "moved":  # what .to() does: the same parameter, new storage
+            param = model.blocks[0].sa.proj.weight
+            param.data = param.data.clone() * 3
+        else:
+            model.lm_head.weight.add_(1.0)
+    assert torch.allclose(_decoded_logits(model, idx, 3), _full_logits(model, idx, 3), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["grad", "train mode", "two rows", "bf16", "parametrized", "full cache"])
+def test_the_flat_path_stays_out_of_the_way(case: str) -> None:
+    model = _model()
+    rows = 2 if case == "two rows" else 1
+    idx = torch.randint(0, 13, (rows, 16))
+    if case == "bf16":
+        model = model.bfloat16()
+    if case == "parametrized":
+        parametrize.register_parametrization(model.blocks[0].sa.proj, "weight", nn.Identity())
+    if case == "train mode":
+        model.train()
+    with torch.set_grad_enabled(case == "grad"):
+        cache = model.new_kv_cache(rows)
+        model(idx[:, :15] if case != "full cache" else idx, kv_cache=cache)
+        if case == "full cache":  # past block_size: the modules' one-line error, not a cache overflow
+            with pytest.raises(Exception, match="longer than block_size"):
+                model(idx[:, :1], kv_cache=cache)
+        else:
+            model(idx[:, 15:], kv_cache=cache)
+    assert "_decode_plan" not in model.__dict__
+
+
+def test_sampling_with_the_cache_goes_through_the_flat_path_and_agrees() -> None:
+    model = _model(block_size=8)
+    prompt = torch.randint(0, 13, (1, 3))
+    cached = generate(model, prompt, 20, top_k=1, use_cache=True)  # past block_size: refills too
+    assert "_decode_plan" in model.__dict__
+    model.__dict__.pop("_decode_plan")
+    with torch.no_grad():  # the same run through the modules only: the plan never applies with B=2
+        both = generate(model, prompt.expand(2, -1), 20, top_k=1, use_cache=True)
+    assert "_decode_plan" not in model.__dict__
+    assert torch.equal(cached[0], both[0])
