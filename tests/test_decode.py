@@ -82,9 +82,29 @@ def test_a_changed_weight_is_seen(threads, change: str) -> None:
     assert torch.allclose(_decoded_logits(model, idx, 3), _full_logits(model, idx, 3), atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["grad", "train mode", "two rows", "bf16", "parametrized", "full cache"])
+CASES = ["grad", "train mode", "two rows", "bf16", "parametrized", "full cache", "hooked", "global hook",
+         "own feed-forward"]
+
+
+class DoubledFeedForward(nn.Module):  # a block part the plan does not know: it must not guess
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * self.inner(x)
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_the_flat_path_stays_out_of_the_way(case: str) -> None:
     model = _model()
+    calls = []
+    if case == "hooked":
+        model.blocks[1].ffwd.register_forward_hook(lambda *args: calls.append(1))
+    if case == "own feed-forward":
+        model.blocks[1].ffwd = DoubledFeedForward(model.blocks[1].ffwd)
+    handle = nn.modules.module.register_module_forward_hook(lambda *args: calls.append(1)) \
+        if case == "global hook" else None
     rows = 2 if case == "two rows" else 1
     idx = torch.randint(0, 13, (rows, 16))
     if case == "bf16":
@@ -100,8 +120,24 @@ def test_the_flat_path_stays_out_of_the_way(case: str) -> None:
             with pytest.raises(Exception, match="longer than block_size"):
                 model(idx[:, :1], kv_cache=cache)
         else:
-            model(idx[:, 15:], kv_cache=cache)
+            step, _ = model(idx[:, 15:], kv_cache=cache)
+            if case != "train mode":  # (dropout draws differ from call to call)
+                assert torch.allclose(step, model(idx)[0][:, -1:], atol=1e-5)
+    if handle is not None:
+        handle.remove()
     assert "_decode_plan" not in model.__dict__
+    if case in ("hooked", "global hook"):
+        assert calls  # the hook ran for the decoded token too
+
+
+def test_a_hook_added_after_the_plan_is_honoured() -> None:
+    model = _model()
+    idx = torch.randint(0, 13, (1, 10))
+    _decoded_logits(model, idx, prefill=3)
+    calls = []
+    model.blocks[0].ln1.register_forward_pre_hook(lambda *args: calls.append(1))
+    _decoded_logits(model, idx, prefill=9)  # the prefill chunk, then one decoded token
+    assert len(calls) == 2 and "_decode_plan" not in model.__dict__
 
 
 def test_sampling_with_the_cache_goes_through_the_flat_path_and_agrees() -> None:

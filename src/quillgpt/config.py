@@ -399,7 +399,7 @@ def _cpu_fast() -> RunConfig:
 
 
 def _seed_fast() -> RunConfig:
-    # The lecture's result (val 1.4856 on Tiny Shakespeare) in well under an hour on 2 CPU cores
+    # The lecture's result (val 1.4856 on Tiny Shakespeare) in under 30 minutes on 2 CPU cores
     # (benchmarks/lecture_speedrun.py; the recipe search is in benchmarks/RESULTS.md). seed-gpt needs
     # ~5.5 hours here. At this budget a smaller, deeper-than-wide model wins over the lecture's
     # 6x384 (its tokens cost less), and each token teaches more: Muon for the block matrices,
@@ -409,7 +409,7 @@ def _seed_fast() -> RunConfig:
     return RunConfig(
         ModelConfig(block_size=256, n_layer=6, n_head=4, n_embd=256, dropout=0.1, norm="rms",
                     position="rope", activation="swiglu"),
-        TrainConfig(batch_size=32, max_iters=1500, eval_interval=250, eval_iters=10, eval_first=False,
+        TrainConfig(batch_size=32, max_iters=1050, eval_interval=350, eval_iters=10, eval_first=False,
                     log_interval=50, lr=2e-3, min_lr=1e-4, lr_schedule="wsd", decay_frac=0.3, warmup_iters=50,
                     weight_decay=0.1, optimizer="muon", muon_lr=0.02, dtype="auto"),
     )

@@ -10,8 +10,8 @@ activation, QK-norm and RoPE, which it shares with the module path.
 
 It runs only where the module path would give the same logits (tests/test_decode.py checks every
 norm, position, activation and bias option, and that a weight changed in place is seen): one row,
-one new token, a cache that is not ragged, an fp32 model on CPU in eval mode without autograd.
-Anything else goes through the modules.
+one new token, a cache that is not ragged, an fp32 model on CPU in eval mode without autograd,
+stock blocks, no parametrized weight, no forward hook. Anything else goes through the modules.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from quillgpt.models import matvec
 from quillgpt.models.attention import FusedMultiHeadAttention, KVCache
@@ -64,6 +65,7 @@ class DecodePlan:
 
     def __init__(self, model: nn.Module) -> None:
         self.parts = torch.get_num_threads()
+        self.modules = list(model.modules())
         self.sources = [(module._parameters, name, tensor, tensor._version, tensor.data_ptr())
                         for module in model.modules() for name, tensor in module._parameters.items()
                         if tensor is not None]
@@ -81,7 +83,7 @@ class DecodePlan:
 
     def is_current(self) -> bool:
         """Are the weights still the ones the plan was built from, unchanged, in the same place?"""
-        if torch.get_num_threads() != self.parts:
+        if torch.get_num_threads() != self.parts or _hooked(self.modules):
             return False
         for params, name, tensor, version, address in self.sources:
             now = params.get(name)
@@ -143,13 +145,30 @@ def applies(model: nn.Module, idx: torch.Tensor, cache: KVCache | None) -> bool:
 
 
 def plan_for(model: nn.Module) -> DecodePlan | None:
-    """The model's plan, rebuilt when its weights changed; None when a weight is computed at each
-    look-up (a parametrization), which a prepared copy cannot follow."""
+    """The model's plan, rebuilt when its weights changed; None where the plan would not compute
+    what the modules compute (see ``_supported``)."""
     plan = model.__dict__.get("_decode_plan")
     if plan is not None and plan.is_current():
         return plan
-    if any(hasattr(module, "parametrizations") for module in model.modules()):
-        model.__dict__.pop("_decode_plan", None)
+    model.__dict__.pop("_decode_plan", None)
+    if not _supported(model):
         return None
     model.__dict__["_decode_plan"] = plan = DecodePlan(model)
     return plan
+
+
+def _supported(model: nn.Module) -> bool:
+    """Is every block the stock one (the plan inlines their forwards), no weight computed at each
+    look-up (a parametrization: a prepared copy cannot follow it), and no forward hook anywhere
+    (the plan calls few modules, so a hook would silently not run)?"""
+    from quillgpt.models.gpt import Block, FastFeedForward, SwiGLUFeedForward  # gpt.py imports this module
+
+    modules = list(model.modules())
+    return (all(type(block) is Block and type(block.sa) is FusedMultiHeadAttention
+                and type(block.ffwd) in (FastFeedForward, SwiGLUFeedForward) for block in model.blocks)
+            and not any(hasattr(module, "parametrizations") for module in modules) and not _hooked(modules))
+
+
+def _hooked(modules: list[nn.Module]) -> bool:
+    return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+                or any(module._forward_hooks or module._forward_pre_hooks for module in modules))
