@@ -150,3 +150,16 @@ def test_sampling_with_the_cache_goes_through_the_flat_path_and_agrees() -> None
         both = generate(model, prompt.expand(2, -1), 20, top_k=1, use_cache=True)
     assert "_decode_plan" not in model.__dict__
     assert torch.equal(cached[0], both[0])
+
+
+def test_inference_mode_decodes_and_its_plan_serves_no_grad_later(threads) -> None:
+    model = _model()
+    idx = torch.randint(0, 13, (1, 12))
+    with torch.inference_mode():
+        inside = _decoded_logits(model, idx, prefill=4)
+    assert torch.allclose(inside, _full_logits(model, idx, 4), atol=1e-5)
+    assert torch.allclose(_decoded_logits(model, idx, 4), inside, atol=1e-6)  # the same plan, outside
+    with torch.inference_mode():  # weights made under inference_mode have no version: modules only
+        frozen = _model()
+        assert torch.allclose(_decoded_logits(frozen, idx, 4), _full_logits(frozen, idx, 4), atol=1e-5)
+    assert "_decode_plan" not in frozen.__dict__

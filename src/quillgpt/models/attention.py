@@ -262,7 +262,8 @@ class FusedMultiHeadAttention(MultiHeadAttention):
         Without autograd (sampling, eval) the stacked copy is reused until a weight changes:
         every in-place update (optimizer step, load_state_dict) bumps a tensor's _version.
         A computed weight (a parametrization) is a new tensor at each look-up, whose version
-        and address say nothing about its values, so then the stack is always rebuilt.
+        and address say nothing about its values, and a weight made under inference_mode has
+        no version, so for those the stack is always rebuilt.
         """
         weights, all_stored = self._projection_weights()
         if torch.is_grad_enabled() or not all_stored:
@@ -270,12 +271,16 @@ class FusedMultiHeadAttention(MultiHeadAttention):
             return torch.cat(weights)
         versions = tuple(w._version for w in weights) + tuple(w.data_ptr() for w in weights)
         if self._stacked is None or self._stacked[0] != versions:
-            self._stacked = (versions, torch.cat(weights))
+            # an ordinary tensor even under torch.inference_mode, whose tensors have no version
+            # for matvec.PreparedWeights to check
+            with torch.inference_mode(False), torch.no_grad():
+                self._stacked = (versions, torch.cat(weights))
         return self._stacked[1]
 
     def _projection_weights(self) -> tuple[list[torch.Tensor], bool]:
         """Every head's query weights, then key, then value (what ``qkv_weight`` stacks), and
-        whether all of them are stored parameters (not computed at each look-up).
+        whether all of them are stored parameters whose versions can be read (not computed at
+        each look-up, not made under inference_mode).
 
         This runs once per layer per decoded token, so it reads the modules' own dicts: through
         ``Module.__getattr__`` (two look-ups per weight, 36 per 6-head layer) it took ~43 us a
@@ -288,6 +293,8 @@ class FusedMultiHeadAttention(MultiHeadAttention):
                 weight = head._modules[name]._parameters.get("weight")
                 if weight is None:  # e.g. a parametrized weight: the ordinary look-up computes it
                     weight, all_stored = getattr(head, name).weight, False
+                elif weight.is_inference():  # made under torch.inference_mode: no version to check
+                    all_stored = False
                 column.append(weight)
         return weights["query"] + weights["key"] + weights["value"], all_stored
 

@@ -159,14 +159,16 @@ def plan_for(model: nn.Module) -> DecodePlan | None:
 
 def _supported(model: nn.Module) -> bool:
     """Is every block the stock one (the plan inlines their forwards), no weight computed at each
-    look-up (a parametrization: a prepared copy cannot follow it), and no forward hook anywhere
-    (the plan calls few modules, so a hook would silently not run)?"""
+    look-up (a parametrization) or made under ``torch.inference_mode`` (no version counter), so a
+    prepared copy can follow every weight, and no forward hook anywhere (the plan calls few
+    modules, so a hook would silently not run)?"""
     from quillgpt.models.gpt import Block, FastFeedForward, SwiGLUFeedForward  # gpt.py imports this module
 
     modules = list(model.modules())
     return (all(type(block) is Block and type(block.sa) is FusedMultiHeadAttention
                 and type(block.ffwd) in (FastFeedForward, SwiGLUFeedForward) for block in model.blocks)
-            and not any(hasattr(module, "parametrizations") for module in modules) and not _hooked(modules))
+            and not any(hasattr(module, "parametrizations") for module in modules) and not _hooked(modules)
+            and not any(param.is_inference() for param in model.parameters()))  # (no version to follow)
 
 
 def _hooked(modules: list[nn.Module]) -> bool:

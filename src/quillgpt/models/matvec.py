@@ -56,7 +56,7 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     parts = torch.get_num_threads()
     return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and weight.is_contiguous() and x.numel() == x.size(-1) and parts > 1
-            and weight.size(0) % parts == 0)
+            and weight.size(0) % parts == 0 and not weight.is_inference())  # (no version to follow)
 
 
 def operand(weight: torch.Tensor, parts: int, prepared: PreparedWeights, name: str) -> torch.Tensor:
