@@ -129,3 +129,23 @@ def test_classic_attention_samples_without_a_cache() -> None:
     assert not model.supports_kv_cache
     out = generate(model, torch.zeros(1, 1, dtype=torch.long), 20, top_k=1)
     assert out.shape == (1, 21)
+
+
+def test_printed_sample_ends_at_end_of_text_unless_told_otherwise(capsys) -> None:
+    from quillgpt.commands.common import print_sample
+    from quillgpt.tokenizers import CharTokenizer
+
+    tokenizer = CharTokenizer(list("ab\n"), specials=["<|endoftext|>"])  # "<|endoftext|>" is id 3
+    model = build_model(ModelConfig(vocab_size=4, block_size=16, n_layer=1, n_head=1, n_embd=8))
+    with torch.no_grad():  # whatever the context: "a" or the end, about 2:1
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.copy_(torch.tensor([5.0, -20.0, -20.0, 4.3]))
+    print_sample(model, tokenizer, "b", 40, 1.0, None, None, seed=0, device=torch.device("cpu"))
+    out, err = capsys.readouterr()
+    drawn = len(out) - 2  # the prompt "b" and the final newline
+    assert out == "b" + "a" * drawn + "\n" and drawn < 40
+    assert f"stopped at <|endoftext|> after {drawn} tokens" in err
+    print_sample(model, tokenizer, "b", 40, 1.0, None, None, seed=0, device=torch.device("cpu"), stop_at_end=False)
+    out, err = capsys.readouterr()
+    assert out.startswith("b" + "a" * drawn + "<|endoftext|>") and err == ""
+    assert out.count("a") + out.count("<|endoftext|>") == 40

@@ -107,8 +107,12 @@ def new_run_dir(given: str, base: str, suffix: str, overwrite: bool) -> str:
 
 def print_sample(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int,
                  temperature: float, top_k: int | None, top_p: float | None, seed: int | None,
-                 device: torch.device) -> None:
-    """Stream a sample to stdout, one token as soon as it is drawn."""
+                 device: torch.device, stop_at_end: bool = True) -> None:
+    """Stream a sample to stdout, one token as soon as it is drawn.
+
+    With ``stop_at_end`` it ends at ``<|endoftext|>`` (where the tokenizer has it), the end of a
+    document, as a trained model says so; stderr says why it stopped short of max_new_tokens.
+    """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     ids = tokenizer.encode(prompt) if prompt else tokenizer.start_ids()
     generator = torch.Generator(device=device)
@@ -119,7 +123,14 @@ def print_sample(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_to
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     sys.stdout.write(prompt)
     decoder = StreamDecoder(tokenizer)  # a BPE token may end inside a character
+    end = tokenizer.special_ids.get("<|endoftext|>") if stop_at_end else None
+    drawn = 0
     for token in stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator):
+        if token[0].item() == end:
+            break
+        drawn += 1
         sys.stdout.write(decoder.feed(token[0].tolist()))
         sys.stdout.flush()
     sys.stdout.write(decoder.flush() + "\n")
+    if drawn < max_new_tokens:
+        print(f"(stopped at <|endoftext|> after {drawn} tokens; --no-stop-at-end samples past it)", file=sys.stderr)

@@ -54,6 +54,9 @@ def add_sample_command(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--top-p", type=float, default=None)
     sample.add_argument("--seed", type=argtypes.seed, default=None)
     add_run_flags(sample)
+    sample.add_argument("--stop-at-end", action=argparse.BooleanOptionalAction, default=True,
+                        help="end the sample at <|endoftext|>, the end of a document, when the tokenizer has it "
+                             "(default: on)")
     sample.add_argument("--crop-prompt", action="store_true",
                         help="allow a prompt longer than the context (the model sees its last block_size tokens)")
     sample.set_defaults(func=cmd_sample)
@@ -123,7 +126,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise SamplingError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of {block}: "
                             f"shorten it, or pass --crop-prompt to keep only its last {block} tokens")
     print_sample(run.model, run.tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                 args.top_p, args.seed, device)
+                 args.top_p, args.seed, device, stop_at_end=args.stop_at_end)
     return 0
 
 
