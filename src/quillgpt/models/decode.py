@@ -16,6 +16,8 @@ stock blocks, no parametrized weight, no forward hook. Anything else goes throug
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -59,21 +61,68 @@ class Layer:
     activation: nn.Module | None  # None: SwiGLU
 
 
+class ModelState:
+    """What a plan, or the verdict that none applies, was made from: every parent-to-child module
+    link, every parameter's identity, version and storage, the thread count, whether any forward
+    hook is set and any module is in training mode. ``unchanged`` says whether all of it still
+    holds: a replaced submodule or parameter, an in-place update (optimizer step, load), new
+    storage (``.to``), a new hook or a module switched to training all show."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = list(model.modules())
+        links = [(module._modules, name, child) for module in self.modules
+                 for name, child in module._modules.items()]
+        params = [(module._parameters, name, tensor) for module in self.modules
+                  for name, tensor in module._parameters.items() if tensor is not None]
+        self._link_dicts, self._link_names, self._children = _columns(links, 3)
+        self._param_dicts, self._param_names, self.tensors = _columns(params, 3)
+        # a tensor made under torch.inference_mode has no version; such a model gets no plan
+        self.versioned = not any(tensor.is_inference() for tensor in self.tensors)
+        self._versions = self._read_versions()
+        self._addresses = self._read_addresses()
+        self.threads = torch.get_num_threads()
+        self.hooked = _hooked(self.modules)
+        self.training = _training(self.modules)
+
+    def _read_versions(self) -> list[int] | None:
+        return list(map(_VERSION, self.tensors)) if self.versioned else None
+
+    def _read_addresses(self) -> list[int]:
+        return list(map(torch.Tensor.data_ptr, self.tensors))
+
+    def unchanged(self) -> bool:
+        # map() over C functions: ~20 us for seed-gpt's ~170 links and 174 parameters, once per token
+        return (torch.get_num_threads() == self.threads
+                and all(map(operator.is_, map(dict.get, self._link_dicts, self._link_names), self._children))
+                and all(map(operator.is_, map(dict.get, self._param_dicts, self._param_names), self.tensors))
+                and self._read_versions() == self._versions and self._read_addresses() == self._addresses
+                and _hooked(self.modules) == self.hooked and _training(self.modules) == self.training)
+
+
+_VERSION = operator.attrgetter("_version")
+
+
+def _columns(rows: list[tuple], width: int) -> list[tuple]:
+    return list(zip(*rows, strict=True)) if rows else [()] * width
+
+
+def _training(modules: list[nn.Module]) -> bool:
+    return any(map(_TRAINING, modules))
+
+
+_TRAINING = operator.attrgetter("training")
+
+
 class DecodePlan:
-    """The prepared weights of one GPT, and the (tensor, version, address) of every parameter
-    they came from, so a plan whose weights changed (optimizer step, load, ``.to``) is rebuilt."""
+    """The prepared weights of one GPT (see the module docstring); valid while its ``ModelState`` is unchanged."""
 
     def __init__(self, model: nn.Module) -> None:
         self.parts = torch.get_num_threads()
-        self.modules = list(model.modules())
-        self.sources = [(module._parameters, name, tensor, tensor._version, tensor.data_ptr())
-                        for module in model.modules() for name, tensor in module._parameters.items()
-                        if tensor is not None]
         self.prepared = matvec.PreparedWeights()  # copies no module keeps: SwiGLU's and the head's
         self.layers = [_layer(block, self.parts, self.prepared, f"{index}.")
                        for index, block in enumerate(model.blocks)]
         c = model.config
-        self.n_embd, self.n_head = c.n_embd, c.n_head
+        self.n_embd, self.n_head, self.vocab_size = c.n_embd, c.n_head, c.vocab_size
         self.token_embedding = model.token_embedding_table.weight
         table = model.position_embedding_table
         self.position_embedding = None if table is None else table.weight
@@ -81,21 +130,14 @@ class DecodePlan:
         head = model.lm_head
         self.head = Matrix(head.weight, head.bias, self.parts, self.prepared, "lm_head")
 
-    def is_current(self) -> bool:
-        """Are the weights still the ones the plan was built from, unchanged, in the same place?"""
-        if torch.get_num_threads() != self.parts or _hooked(self.modules):
-            return False
-        for params, name, tensor, version, address in self.sources:
-            now = params.get(name)
-            if now is not tensor or now._version != version or now.data_ptr() != address:
-                return False
-        return True
-
     def step(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (1, 1, vocab) for ``token`` (1, 1) at position ``cache.length``; stores its keys and values."""
         position = cache.length
         C, nh = self.n_embd, self.n_head
-        x = self.token_embedding[int(token)].view(1, C)  # a row of the table: never written to, only read
+        token_id = int(token)
+        if not 0 <= token_id < self.vocab_size:  # (plain indexing would take -1 as the last row)
+            raise IndexError(f"token id {token_id} is outside the vocabulary 0..{self.vocab_size - 1}")
+        x = self.token_embedding[token_id].view(1, C)  # a row of the table: never written to, only read
         if self.position_embedding is not None:
             x = x + self.position_embedding[position]
         for index, layer in enumerate(self.layers):
@@ -137,40 +179,68 @@ def _layer(block: nn.Module, parts: int, own: matvec.PreparedWeights, prefix: st
 
 
 def applies(model: nn.Module, idx: torch.Tensor, cache: KVCache | None) -> bool:
-    """Would ``DecodePlan.step`` give what the modules give for this call?"""
+    """Could ``DecodePlan.step`` stand in for the modules on this call? (``plan_for`` checks the rest.)"""
     weight = model.lm_head.weight
     return (cache is not None and not cache.ragged and idx.shape == (1, 1) and cache.length < model.block_size
             and not model.training and not torch.is_grad_enabled() and weight.device.type == "cpu"
-            and weight.dtype == torch.float32 and model.config.attention == "fused")
+            and weight.dtype == torch.float32)
 
 
 def plan_for(model: nn.Module) -> DecodePlan | None:
-    """The model's plan, rebuilt when its weights changed; None where the plan would not compute
-    what the modules compute (see ``_supported``)."""
-    plan = model.__dict__.get("_decode_plan")
-    if plan is not None and plan.is_current():
-        return plan
-    model.__dict__.pop("_decode_plan", None)
-    if not _supported(model):
-        return None
-    model.__dict__["_decode_plan"] = plan = DecodePlan(model)
+    """The model's plan, or None where it would not compute what the modules compute (``_supported``).
+
+    Either answer is kept with the ``ModelState`` it was made from and reused while that state is
+    unchanged, so a model without a plan does not pay for the check on every token either.
+    """
+    kept = model.__dict__.get("_decode_plan")
+    if kept is not None and kept[0].unchanged():
+        return kept[1]
+    state = ModelState(model)
+    plan = DecodePlan(model) if _supported(model, state) else None
+    model.__dict__["_decode_plan"] = (state, plan)
     return plan
 
 
-def _supported(model: nn.Module) -> bool:
-    """Is every block the stock one (the plan inlines their forwards), no weight computed at each
-    look-up (a parametrization) or made under ``torch.inference_mode`` (no version counter), so a
-    prepared copy can follow every weight, and no forward hook anywhere (the plan calls few
-    modules, so a hook would silently not run)?"""
-    from quillgpt.models.gpt import Block, FastFeedForward, SwiGLUFeedForward  # gpt.py imports this module
+def kept_plan(model: nn.Module) -> DecodePlan | None:
+    """The plan kept from the last one-token call that could use one (None: none kept, or none applies)."""
+    kept = model.__dict__.get("_decode_plan")
+    return None if kept is None else kept[1]
 
-    modules = list(model.modules())
-    return (all(type(block) is Block and type(block.sa) is FusedMultiHeadAttention
-                and type(block.ffwd) in (FastFeedForward, SwiGLUFeedForward) for block in model.blocks)
-            and not any(hasattr(module, "parametrizations") for module in modules) and not _hooked(modules)
-            and not any(param.is_inference() for param in model.parameters()))  # (no version to follow)
+
+def forget(model: nn.Module) -> None:
+    """Drop the plan and every prepared copy (the modules' too): after ``.to()``/``.half()`` they
+    would only hold the old weights' memory."""
+    model.__dict__.pop("_decode_plan", None)
+    for module in model.modules():
+        prepared = module.__dict__.get("_prepared")
+        if isinstance(prepared, matvec.PreparedWeights):
+            prepared.clear()
+
+
+def _supported(model: nn.Module, state: ModelState) -> bool:
+    """Is every module one quill builds, of exactly its class (the plan reads their weights and
+    inlines their forwards, so a subclass's own forward, a wrapper or a parametrization, which
+    swaps the class, would be skipped), is no forward hook set (it would silently not run), no
+    module training, and no weight made under ``torch.inference_mode`` (no version to follow)?"""
+    stock = _stock_classes()
+    return (state.versioned and not state.hooked and not state.training
+            and all(type(module) in stock for module in state.modules))
+
+
+@functools.cache
+def _stock_classes() -> frozenset[type]:
+    from quillgpt.models import attention, gpt  # gpt.py imports this module
+
+    return frozenset({gpt.GPT, gpt.Block, gpt.FastFeedForward, gpt.SwiGLUFeedForward, gpt.LayerNorm1d,
+                      attention.FusedMultiHeadAttention, attention.Head, attention.RotaryEmbedding,
+                      attention.RMSNorm, attention.ByteDropout, nn.Linear, nn.Embedding, nn.LayerNorm,
+                      nn.Dropout, nn.ReLU, nn.GELU, nn.Sequential, nn.ModuleList})
 
 
 def _hooked(modules: list[nn.Module]) -> bool:
     return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
-                or any(module._forward_hooks or module._forward_pre_hooks for module in modules))
+                or any(map(_FORWARD_HOOKS, modules)) or any(map(_FORWARD_PRE_HOOKS, modules)))
+
+
+_FORWARD_HOOKS = operator.attrgetter("_forward_hooks")
+_FORWARD_PRE_HOOKS = operator.attrgetter("_forward_pre_hooks")

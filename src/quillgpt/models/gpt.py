@@ -11,6 +11,7 @@ With vocab 65, n_embd 384, n_head 6, n_layer 6 and block 256 it has 10,788,929 p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -181,6 +182,16 @@ class GPT(LanguageModel):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> GPT:
+        decode.forget(self)  # .to(), .half(), .cuda(): the decoding copies would keep the old weights alive
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()  # deepcopy and pickle: the decode plan is rebuilt, not copied
+        state = dict(state)
+        state.pop("_decode_plan", None)
+        return state
 
     @property
     def supports_kv_cache(self) -> bool:
