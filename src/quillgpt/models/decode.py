@@ -3,15 +3,17 @@
 Why a second path: a decoded token reads every weight once, so its floor is the memory
 bandwidth (43 MB of fp32 weights for seed-gpt: ~1.7 ms at the ~25 GB/s the 2-core EPYC
 streams). Through the modules, the small ops around those products (module calls, per-matrix
-layout checks, bias adds, reshapes: ~40 per layer) cost nearly as much again. A ``DecodePlan``
-holds each weight already laid out for ``matvec``'s split product, checks all of them for changes
-once per token, adds biases inside the products and calls no module but the norms, the
-activation, QK-norm and RoPE, which it shares with the module path.
+layout checks, bias adds, reshapes: ~40 per layer) add more than half as much again. A
+``DecodePlan`` holds each weight already laid out for ``matvec``'s split product, adds biases
+inside the products and calls no module but the norms, the activation, QK-norm and RoPE, which
+it shares with the module path. Once per token a ``ModelState`` checks that the model is still
+the one the plan was made from (~80 us).
 
 It runs only where the module path would give the same logits (tests/test_decode.py checks every
-norm, position, activation and bias option, and that a weight changed in place is seen): one row,
-one new token, a cache that is not ragged, an fp32 model on CPU in eval mode without autograd,
-stock blocks, no parametrized weight, no forward hook. Anything else goes through the modules.
+norm, position, activation and bias option, and that changed weights and replaced modules are
+seen): one row, one new token, a cache that is not ragged, an fp32 model on CPU in eval mode
+without autograd, built only of quill's own module classes, no forward hook, no weight made
+under inference_mode. Anything else goes through the modules.
 """
 
 from __future__ import annotations
