@@ -158,14 +158,17 @@ def test_targets_and_packed_positions_still_take_the_modules() -> None:
             model(torch.ones(1, 1, dtype=torch.long), kv_cache=cache, positions=torch.zeros(1, 1, dtype=torch.long))
 
 
-def test_a_ragged_cache_takes_the_modules() -> None:
+@pytest.mark.parametrize("rows", [1, 2])
+def test_a_ragged_cache_of_one_row_takes_the_plan_and_of_two_the_modules(rows: int) -> None:
     model = _model()
     c = model.config
-    with torch.no_grad():
-        cache = RaggedKVCache(c.n_layer, 1, c.n_head, c.block_size, c.head_size, "cpu", torch.float32)
-        model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
-        model(torch.ones(1, 1, dtype=torch.long), kv_cache=cache)
-    assert decode.kept_plan(model) is None
+    idx = torch.randint(0, 13, (rows, 9))
+    with torch.no_grad():  # the server's cache: one length per row
+        cache = RaggedKVCache(c.n_layer, rows, c.n_head, c.block_size, c.head_size, "cpu", torch.float32)
+        first, _ = model(idx[:, :4], kv_cache=cache)
+        steps = [model(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(4, 9)]
+    assert torch.allclose(torch.cat([first[:, -1:], *steps], dim=1), _full_logits(model, idx, 4), atol=1e-5)
+    assert (decode.kept_plan(model) is not None) == (rows == 1)
 
 
 def test_moving_the_model_drops_the_plan_and_a_copy_does_not_carry_it() -> None:

@@ -11,7 +11,7 @@ the one the plan was made from (~80 us).
 
 It runs only where the module path would give the same logits (tests/test_decode.py checks every
 norm, position, activation and bias option, and that changed weights and replaced modules are
-seen): one row, one new token, a cache that is not ragged, an fp32 model on CPU in eval mode
+seen): one row, one new token, a cache of that one row, an fp32 model on CPU in eval mode
 without autograd, built only of quill's own module classes, no forward hook, no weight made
 under inference_mode. Anything else goes through the modules.
 """
@@ -183,7 +183,9 @@ def _layer(block: nn.Module, parts: int, own: matvec.PreparedWeights, prefix: st
 def applies(model: nn.Module, idx: torch.Tensor, cache: KVCache | None) -> bool:
     """Could ``DecodePlan.step`` stand in for the modules on this call? (``plan_for`` checks the rest.)"""
     weight = model.lm_head.weight
-    return (cache is not None and not cache.ragged and idx.shape == (1, 1) and cache.length < model.block_size
+    # a ragged cache of one row (the server with one request) is the plain cache with a length tensor
+    return (cache is not None and (not cache.ragged or cache.batch == 1) and idx.shape == (1, 1)
+            and cache.length < model.block_size
             and not model.training and not torch.is_grad_enabled() and weight.device.type == "cpu"
             and weight.dtype == torch.float32)
 
