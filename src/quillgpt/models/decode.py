@@ -18,7 +18,6 @@ under inference_mode. Anything else goes through the modules.
 
 from __future__ import annotations
 
-import functools
 import operator
 from dataclasses import dataclass
 
@@ -190,8 +189,9 @@ def applies(model: nn.Module, idx: torch.Tensor, cache: KVCache | None) -> bool:
             and weight.dtype == torch.float32)
 
 
-def plan_for(model: nn.Module) -> DecodePlan | None:
-    """The model's plan, or None where it would not compute what the modules compute (``_supported``).
+def plan_for(model: nn.Module, stock: frozenset[type]) -> DecodePlan | None:
+    """The model's plan, or None where it would not compute what the modules compute (``_supported``;
+    ``stock``: the module classes whose forwards the plan inlines, from gpt.py).
 
     Either answer is kept with the ``ModelState`` it was made from and reused while that state is
     unchanged, so a model without a plan does not pay for the check on every token either.
@@ -200,7 +200,7 @@ def plan_for(model: nn.Module) -> DecodePlan | None:
     if kept is not None and kept[0].unchanged():
         return kept[1]
     state = ModelState(model)
-    plan = DecodePlan(model) if _supported(model, state) else None
+    plan = DecodePlan(model) if _supported(state, stock) else None
     model.__dict__["_decode_plan"] = (state, plan)
     return plan
 
@@ -221,24 +221,13 @@ def forget(model: nn.Module) -> None:
             prepared.clear()
 
 
-def _supported(model: nn.Module, state: ModelState) -> bool:
-    """Is every module one quill builds, of exactly its class (the plan reads their weights and
-    inlines their forwards, so a subclass's own forward, a wrapper or a parametrization, which
-    swaps the class, would be skipped), is no forward hook set (it would silently not run), no
-    module training, and no weight made under ``torch.inference_mode`` (no version to follow)?"""
-    stock = _stock_classes()
+def _supported(state: ModelState, stock: frozenset[type]) -> bool:
+    """Is every module of exactly a ``stock`` class (the plan reads their weights and inlines their
+    forwards, so a subclass's own forward, a wrapper or a parametrization, which swaps the class,
+    would be skipped), is no forward hook set (it would silently not run), no module training, and
+    no weight made under ``torch.inference_mode`` (no version to follow)?"""
     return (state.versioned and not state.hooked and not state.training
             and all(type(module) in stock for module in state.modules))
-
-
-@functools.cache
-def _stock_classes() -> frozenset[type]:
-    from quillgpt.models import attention, gpt  # gpt.py imports this module
-
-    return frozenset({gpt.GPT, gpt.Block, gpt.FastFeedForward, gpt.SwiGLUFeedForward, gpt.LayerNorm1d,
-                      attention.FusedMultiHeadAttention, attention.Head, attention.RotaryEmbedding,
-                      attention.RMSNorm, attention.ByteDropout, nn.Linear, nn.Embedding, nn.LayerNorm,
-                      nn.Dropout, nn.ReLU, nn.GELU, nn.Sequential, nn.ModuleList})
 
 
 def _hooked(modules: list[nn.Module]) -> bool:

@@ -21,11 +21,14 @@ from quillgpt.config import ModelConfig
 from quillgpt.errors import ConfigError
 from quillgpt.models import decode, matvec
 from quillgpt.models.attention import (
+    ByteDropout,
     FusedMultiHeadAttention,
+    Head,
     KVCache,
     MultiHeadAttention,
     Packing,
     RMSNorm,
+    RotaryEmbedding,
     byte_dropout,
 )
 from quillgpt.models.base import LanguageModel, language_model_loss
@@ -211,7 +214,7 @@ class GPT(LanguageModel):
         token sits at its given position and attends only to the earlier tokens of its own sequence.
         """
         if targets is None and positions is None and decode.applies(self, idx, kv_cache):
-            plan = decode.plan_for(self)  # one decoded token on CPU: the flat fast path (models/decode.py)
+            plan = decode.plan_for(self, DECODE_CLASSES)  # one decoded token on CPU: the flat loop (models/decode.py)
             if plan is not None:
                 return plan.step(idx, kv_cache), None
         logits = self.lm_head(self.features(idx, kv_cache, positions))  # (B, T, vocab)
@@ -255,3 +258,12 @@ class GPT(LanguageModel):
                 x = block(x, kv_cache, layer)
             kv_cache.advance(T)
         return self.ln_f(x)
+
+
+# Every module class a GPT is built from. The decode loop (models/decode.py) reads their weights and
+# inlines their forwards, so it runs only for a model made of exactly these: a subclass with a forward
+# of its own, or a parametrized module (which swaps its class), keeps it out.
+DECODE_CLASSES = frozenset({GPT, Block, FastFeedForward, SwiGLUFeedForward, LayerNorm1d,
+                            FusedMultiHeadAttention, Head, RotaryEmbedding, RMSNorm, ByteDropout,
+                            nn.Linear, nn.Embedding, nn.LayerNorm, nn.Dropout, nn.ReLU, nn.GELU,
+                            nn.Sequential, nn.ModuleList})
