@@ -191,8 +191,7 @@ class GPT(LanguageModel):
         return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict:
-        state = super().__getstate__()  # deepcopy and pickle: the decode plan is rebuilt, not copied
-        state = dict(state)
+        state = dict(super().__getstate__())  # deepcopy and pickle: the decode plan is rebuilt, not copied
         state.pop("_decode_plan", None)
         return state
 

@@ -18,7 +18,8 @@ Layout: the routes are plain functions on ``router``. Each finds the ``Server`` 
 tokenizer, scheduler and limits) on ``request.app.state.server``, checks its request and hands
 it to ``Server.respond`` (completions: a JSON answer or an event stream, built in that one
 place) or ``Server.inspect``. ``create_app`` only assembles the app; the scheduler's worker
-starts and stops with the app's lifespan.
+starts and stops with the app's lifespan. ``serve.choices`` turns a sequence's tokens into a
+choice's text and the answer's JSON/event shapes; ``serve.hosts`` checks the Host header.
 
 Every field is bounded in what it costs, so one request cannot stall the event loop (and so
 ``/health`` and every other client): at most 4 stop strings of at most ``max_stop_chars``
@@ -54,14 +55,14 @@ import torch
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from quillgpt.chat import Message, end_id, has_chat_format, prompt_ids
 from quillgpt.checkpoint import LoadedRun
 from quillgpt.errors import QuillError
 from quillgpt.models.introspect import inspect, top_alternatives
+from quillgpt.serve.choices import Choice, chunk, sse, whole_choice
+from quillgpt.serve.hosts import HostCheck, allowed_hosts
 from quillgpt.serve.requests import (
     APIError,
     InspectQuery,
@@ -73,65 +74,11 @@ from quillgpt.serve.requests import (
     read_messages,
     read_prompts,
     read_sampling,
-    short,
 )
 from quillgpt.serve.scheduler import QueueFullError, Scheduler, Sequence
 from quillgpt.tokenizers import StreamDecoder, Tokenizer
 
 log = logging.getLogger("quillgpt.serve")
-
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # Host names always accepted
-
-
-# ---------------------------------------------------------------------------------------
-# Turning one sequence's tokens into text, with stop strings
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Choice:
-    """The text of one choice as it streams: incremental UTF-8 decoding, then stop strings.
-
-    Linear time: ``pending`` is never longer than the longest stop minus one plus the newest
-    token's text, and each token costs one ``find`` per stop over it. A stop string cannot
-    start in text already sent: that text was followed by at least longest-stop - 1 more
-    characters, all searched before it was sent.
-    """
-
-    decoder: StreamDecoder
-    stops: list[str]
-    pending: str = ""  # decoded, not yet sent: its tail might be the start of a stop string
-    text: str = ""  # sent so far
-    tokens: int = 0  # tokens that made up the text (up to and including one that completed a stop)
-    finish_reason: str | None = None
-    hold: int = field(init=False)  # characters held back while streaming
-
-    def __post_init__(self) -> None:
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-
-    def feed(self, token: int) -> str:
-        self.tokens += 1
-        self.pending += self.decoder.feed([token])
-        return self._release()
-
-    def close(self, reason: str) -> str:
-        self.pending += self.decoder.flush()
-        delta = self._release(final=True)
-        self.finish_reason = self.finish_reason or reason
-        return delta
-
-    def _release(self, final: bool = False) -> str:
-        """Send what cannot be part of a stop string; on a stop string, send what precedes it and finish."""
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending, self.finish_reason = self.pending[: min(hits)], "", "stop"
-        else:
-            hold = 0 if final else min(self.hold, len(self.pending))
-            out = self.pending[: len(self.pending) - hold]
-            self.pending = self.pending[len(self.pending) - hold:]
-        self.text += out
-        return out
-
 
 # ---------------------------------------------------------------------------------------
 # The server: one run, its scheduler and limits; checked requests in, answers out
@@ -537,70 +484,9 @@ async def bug(request: Request, exc: Exception) -> JSONResponse:
                           "server_error", headers={"x-request-id": request_id})
 
 
-def host_name(host: str) -> str:
-    """The name in a Host header, lowercased, without its port: 'LocalHost:8000' -> 'localhost'."""
-    host = host.strip().lower()
-    if host.startswith("["):  # [::1]:8000
-        return host[: host.find("]") + 1] if "]" in host else host
-    if ":" in host and host.count(":") > 1:  # a bare IPv6 address (the form --host takes)
-        return f"[{host}]"
-    return host.partition(":")[0].rstrip(".")
-
-
-class HostCheck:
-    """Answer only requests whose Host header names this server: a web page whose DNS name is
-    rebound to 127.0.0.1 sends its own name as Host, so it is turned away (DNS rebinding)."""
-
-    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
-        self.app, self.allowed = app, allowed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "*" not in self.allowed:
-            host = Headers(scope=scope).get("host", "")
-            if host_name(host) not in self.allowed:
-                response = error_response(400, f"the Host header {short(host)!r} does not name this server: use "
-                                          f"one of {', '.join(sorted(self.allowed))}, or start it with "
-                                          "--allowed-host NAME", "invalid_request_error", code="invalid_host")
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def allowed_hosts(options: ServeOptions) -> frozenset[str]:
-    names = {*LOCAL_HOSTS, *(host_name(h) for h in options.allowed_hosts)}
-    if options.bind_host and options.bind_host not in ("0.0.0.0", "::", ""):
-        names.add(host_name(options.bind_host))
-    return frozenset(names)
-
-
-
 # ---------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------
-
-
-def whole_choice(index: int, choice: Choice, chat: bool) -> dict[str, Any]:
-    """One finished choice in a JSON (not streamed) answer."""
-    if chat:
-        return {"index": index, "message": {"role": "assistant", "content": choice.text},
-                "finish_reason": choice.finish_reason}
-    return {"index": index, "text": choice.text, "logprobs": None, "finish_reason": choice.finish_reason}
-
-
-def chunk(head: dict[str, Any], chat: bool, index: int, delta: str, finish: str | None, role: bool = False) -> str:
-    """One streamed event: new text of one choice (chat: the first names the role; the last is empty)."""
-    if chat:
-        body: dict[str, Any] = {"role": "assistant", "content": delta} if role else {"content": delta}
-        if finish is not None and not delta:
-            body = {}
-        choice: dict[str, Any] = {"index": index, "delta": body, "finish_reason": finish}
-    else:
-        choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": finish}
-    return sse({**head, "choices": [choice]})
-
-
-def sse(data: Any) -> str:
-    return f"data: {json.dumps(data)}\n\n"
 
 
 async def wait_for_job(request: Request, future: Future[Any]) -> Any:
