@@ -18,11 +18,15 @@ from quillgpt.commands.common import OneLineParser, add_run_flags
 from quillgpt.config import MAX_DIGITS, TASK_OPS
 from quillgpt.device import resolve_device
 from quillgpt.errors import ConfigError
-from quillgpt.posttrain.chat_eval import ChatReport, answer_all
+from quillgpt.posttrain.chat_eval import ChatReport, answer_all, count_correct
 from quillgpt.tasks.arithmetic import answer_text, check_steps, parse_answer, problems, prompt_text, readable_step
 from quillgpt.tasks.dataset import arithmetic_tokenizer
 from quillgpt.tasks.exact_match import Report, attempt_all, complete, parse_expression
+from quillgpt.tasks.exact_match import count_correct as count_correct_answers
+from quillgpt.tasks.pass_at_k import PassAtK
 from quillgpt.tasks.questions import questions
+
+MAX_SAMPLES = 1024  # pass@k's cost is n x K sampled answers: a bound a typo cannot exceed
 
 
 def _arithmetic_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
@@ -50,17 +54,26 @@ def _chat_eval(run: LoadedRun, args: argparse.Namespace) -> int:
         raise ConfigError(f"{exc} (--n)") from None
     tic = time.perf_counter()
     report = ChatReport(answer_all(run.model, run.tokenizer, held_out))
+    sampled = None if args.samples is None else PassAtK(
+        count_correct(run.model, run.tokenizer, held_out, args.samples, args.temperature, args.sample_seed),
+        args.samples, args.temperature)
     seconds = time.perf_counter() - tic
     if args.json:
         print(json.dumps({"run": str(run.run_dir), "checkpoint": run.checkpoint.name, "step": run.step,
                           "ops": trained.chat_ops, "digits": digits, "split": args.split, "eval_seed": seed,
                           "seconds": seconds,
-                          **report.to_dict()}))
+                          **report.to_dict(), **_sampled_dict(sampled)}))
     else:
         print(report.format(f"chat questions ({trained.chat_ops}, up to {digits} digits), {args.split} half, "
                             f"eval seed {seed} "
                             f"({run.checkpoint.name}, {seconds:.1f} s)"))
+        if sampled is not None:
+            print(sampled.format())
     return 0
+
+
+def _sampled_dict(sampled: PassAtK | None) -> dict[str, object]:
+    return {} if sampled is None else {"sampled": sampled.to_dict()}
 
 
 def cmd_task_eval(args: argparse.Namespace) -> int:
@@ -88,14 +101,19 @@ def cmd_task_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"{exc} (--n)") from None
     tic = time.perf_counter()
     report = Report(attempt_all(run.model, tests, trained.format, device))
+    sampled = None if args.samples is None else PassAtK(
+        count_correct_answers(run.model, tests, trained.format, device, args.samples, args.temperature,
+                              args.sample_seed), args.samples, args.temperature)
     seconds = time.perf_counter() - tic
     if args.json:
         print(json.dumps({"run": str(run.run_dir), "checkpoint": run.checkpoint.name, "step": run.step, "task": task,
                           "digits": digits, "format": trained.format, "eval_seed": seed, "seconds": seconds,
-                          **report.to_dict()}))
+                          **report.to_dict(), **_sampled_dict(sampled)}))
     else:
         print(report.format(f"{task}, operands up to {digits} digits, {trained.format} format, eval seed {seed} "
                             f"({run.checkpoint.name}, {seconds:.1f} s)"))
+        if sampled is not None:
+            print(sampled.format())
     return 0
 
 
@@ -141,6 +159,13 @@ def add_task_commands(commands: argparse._SubParsersAction) -> None:
     task_eval.add_argument("--split", choices=("val", "test"), default="test",
                            help="chat runs: the half of the held-out questions to score: val to choose settings on, "
                                 "test (default) to report the chosen model once")
+    task_eval.add_argument("--samples", type=argtypes.whole(1, MAX_SAMPLES), default=None, metavar="K",
+                           help="also sample K answers a problem and report pass@1..K (unbiased estimator); "
+                                "costs K times the greedy pass")
+    task_eval.add_argument("--temperature", type=argtypes.real(above=0.0), default=1.0,
+                           help="with --samples: the sampling temperature (default 1.0)")
+    task_eval.add_argument("--sample-seed", type=argtypes.seed, default=0,
+                           help="with --samples: seeds the sampling (default 0)")
     add_run_flags(task_eval)
     task_eval.add_argument("--json", action="store_true", help="print one JSON object")
     task_eval.set_defaults(func=cmd_task_eval)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from quillgpt.chat import end_id, prompt_ids
@@ -42,6 +43,19 @@ def answer_all(model: nn.Module, tokenizer: Tokenizer, questions: list[Question]
     rollouts = sample_replies(model, prompts, max_new_tokens, stop, top_k=1)
     return [Answer(q, tokenizer.decode(r.response[:-1] if r.finished else r.response), r.finished)
             for q, r in zip(questions, rollouts, strict=True)]
+
+
+def count_correct(model: nn.Module, tokenizer: Tokenizer, questions: list[Question], samples: int,
+                  temperature: float, seed: int, max_new_tokens: int = MAX_ANSWER_TOKENS) -> list[int]:
+    """Right replies among ``samples`` sampled at ``temperature`` for each question (for pass@k)."""
+    stop = end_id(tokenizer)
+    prompts = [prompt_ids(tokenizer, q.messages()) for q in questions]
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    rollouts = sample_replies(model, [p for p in prompts for _ in range(samples)], max_new_tokens, stop,
+                              temperature=temperature, generator=generator)
+    right = [Answer(questions[i // samples], tokenizer.decode(r.response[:-1] if r.finished else r.response),
+                    r.finished).correct for i, r in enumerate(rollouts)]
+    return [sum(right[i * samples:(i + 1) * samples]) for i in range(len(questions))]
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -67,12 +68,16 @@ class Attempt:
 
 
 @torch.no_grad()
-def complete(model: torch.nn.Module, prompts: list[str], max_new_tokens: int, device: torch.device) -> list[str]:
-    """Greedy continuations of prompts of equal length, each cut at the first newline."""
+def complete(model: torch.nn.Module, prompts: list[str], max_new_tokens: int, device: torch.device,
+             temperature: float | None = None, generator: torch.Generator | None = None) -> list[str]:
+    """Continuations of prompts of equal length, each cut at the first newline: greedy, or sampled at
+    ``temperature`` (for pass@k)."""
     idx = torch.tensor([encode(p) for p in prompts], dtype=torch.long, device=device)
     rows: list[list[int]] = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    for token in stream(model, idx, max_new_tokens, top_k=1):  # top-k 1: the most likely token, always
+    # greedy is top-k 1: the most likely token, always
+    choice = {"top_k": 1} if temperature is None else {"temperature": temperature, "generator": generator}
+    for token in stream(model, idx, max_new_tokens, **choice):
         for row, value in zip(rows, token[:, 0].tolist(), strict=True):
             row.append(value)
         done |= token[:, 0] == NEWLINE
@@ -86,19 +91,38 @@ def attempt_all(model: torch.nn.Module, problems: list[Problem], fmt: str, devic
                 batch_size: int = 500) -> list[Attempt]:
     """Each problem decoded greedily (batched by prompt length, so positions line up)."""
     attempts: dict[Problem, Attempt] = {}
+    for chunk, prompts, longest in _chunks_by_prompt_length(problems, fmt, batch_size):
+        for problem, prompt, text in zip(chunk, prompts, complete(model, prompts, longest, device), strict=True):
+            correct = parse_answer(text, problem.op, fmt) == problem.result
+            attempts[problem] = Attempt(problem, prompt, text, correct,
+                                        check_steps(text) if fmt == "scratchpad" else None)
+    return [attempts[p] for p in problems]
+
+
+def count_correct(model: torch.nn.Module, problems: list[Problem], fmt: str, device: torch.device, samples: int,
+                  temperature: float, seed: int, batch_size: int = 500) -> list[int]:
+    """Right answers among ``samples`` sampled at ``temperature`` for each problem (for pass@k)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    right: dict[Problem, int] = {}
+    for chunk, prompts, longest in _chunks_by_prompt_length(problems, fmt, max(1, batch_size // samples)):
+        texts = complete(model, [p for p in prompts for _ in range(samples)], longest, device, temperature, generator)
+        for i, problem in enumerate(chunk):
+            right[problem] = sum(parse_answer(t, problem.op, fmt) == problem.result
+                                 for t in texts[i * samples:(i + 1) * samples])
+    return [right[p] for p in problems]
+
+
+def _chunks_by_prompt_length(problems: list[Problem], fmt: str,
+                             batch_size: int) -> Iterator[tuple[list[Problem], list[str], int]]:
+    """Problems in batches of equal prompt length (so positions line up), with their prompts and the
+    answer room each batch needs (its longest answer and the delimiter)."""
     prompts = {p: prompt_text(p, fmt) for p in problems}
     by_length = sorted(problems, key=lambda p: len(prompts[p]))
     for _, group in groupby(by_length, key=lambda p: len(prompts[p])):
         group = list(group)
         for start in range(0, len(group), batch_size):
             chunk = group[start:start + batch_size]
-            longest = max(len(answer_text(p, fmt)) for p in chunk) + 1  # room for the delimiter
-            for problem, text in zip(chunk, complete(model, [prompts[p] for p in chunk], longest, device),
-                                     strict=True):
-                correct = parse_answer(text, problem.op, fmt) == problem.result
-                attempts[problem] = Attempt(problem, prompts[problem], text, correct,
-                                            check_steps(text) if fmt == "scratchpad" else None)
-    return [attempts[p] for p in problems]
+            yield chunk, [prompts[p] for p in chunk], max(len(answer_text(p, fmt)) for p in chunk) + 1
 
 
 @dataclass
