@@ -17,7 +17,7 @@ BIN := $(VENV)/bin
 $(BIN)/quill: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,export]"
+	$(BIN)/python -m pip install -q -e ".[dev,export,track]"
 	@touch $@
 
 setup: $(BIN)/quill

@@ -28,6 +28,7 @@ OPTIMIZERS = ("adamw", "muon")
 TASK_OPS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "calc": "+-*/"}  # arithmetic task -> operators
 TASK_FORMATS = ("plain", "reversed", "scratchpad", "hinted")
 WORK_STYLES = ("units", "columns")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # --log-to: experiment trackers (quillgpt.tracking)
 # Upper bounds. Past them a value cannot work on any machine quill is for: the model or a step's
 # activations would not fit in memory, or the problem generator would loop for hours before a
 # single step. A value that only takes long (a million steps) stays the user's choice.
@@ -149,6 +150,7 @@ class TrainConfig:
     sample_chars: int = 300  # sample printed at the end of training (0 = none)
     skip_nonfinite: bool = False  # skip updates whose loss is NaN/inf instead of stopping
     max_minutes: float = 0.0  # also stop (eval, save) after this many wall-clock minutes; 0 = no limit
+    log_to: str = ""  # experiment trackers, comma-separated: tensorboard, wandb, mlflow (quillgpt.tracking)
 
     def validate(self) -> None:
         _check_choice("device", self.device, DEVICES)
@@ -185,6 +187,7 @@ class TrainConfig:
             raise ConfigError(f"decay_frac is a share of max_iters, in [0, 1], got {self.decay_frac}: try e.g. 0.2")
         if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
             raise ConfigError(f"max_minutes must be >= 0 (0 means no time limit), got {self.max_minutes}")
+        tracker_names(self.log_to)
 
 
 @dataclass
@@ -557,6 +560,16 @@ def check_range(config: Any, name: str, low: float | None = None, high: float | 
         raise ConfigError(f"{name} must be >= {low:g}, got {value:g}")
     if high is not None and value > high:
         raise ConfigError(f"{name} must be at most {high:,}, got {value:,}")
+
+
+def tracker_names(log_to: str) -> tuple[str, ...]:
+    """The trackers named in a ``--log-to`` value ("tensorboard,wandb"), each once, in order; checked."""
+    names = tuple(dict.fromkeys(n.strip() for n in log_to.split(",") if n.strip()))
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise ConfigError(f"--log-to {unknown[0]!r} is not a tracker: use {', '.join(TRACKERS)} "
+                          "(repeat the flag or separate them with commas)")
+    return names
 
 
 def check_positive_fields(config: Any, *names: str) -> None:

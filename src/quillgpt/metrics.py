@@ -1,24 +1,47 @@
-"""Training metrics: an append-only JSON-lines log and the loss-curve plot drawn from it."""
+"""Training metrics: an append-only JSON-lines log (which also feeds any experiment trackers) and the
+loss-curve plot drawn from it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from quillgpt.fsutil import atomic_write, atomic_write_bytes
+from quillgpt.tracking import Trackers, open_trackers
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per line, e.g. ``{"kind": "eval", "step": 500, ...}``."""
+    """``metrics.jsonl``: one JSON object per line, e.g. ``{"kind": "eval", "step": 500, ...}``.
+
+    Inside ``tracking(...)`` every appended record also goes to the experiment trackers: the one
+    place train, SFT, reward, RL and DPO runs feed them from.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.trackers = Trackers()  # none until tracking() opens some
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
+        self.trackers.log_record(record)
+
+    @contextlib.contextmanager
+    def tracking(self, log_to: str, hyperparams: dict[str, Any], start_step: int = 0) -> Iterator[Trackers]:
+        """Open the trackers ``log_to`` names (``--log-to``) for this log's run directory, feed them every
+        record appended inside the block, and finish them after it (as failed if it raised)."""
+        self.trackers = open_trackers(log_to, self.path.parent, hyperparams, start_step)
+        ok = False
+        try:
+            yield self.trackers
+            ok = True
+        finally:
+            self.trackers.finish(ok)
+            self.trackers = Trackers()
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():

@@ -28,7 +28,7 @@ SAFE_TO_CHANGE_ON_RESUME = frozenset({
     "max_iters", "eval_interval", "eval_iters", "log_interval", "lr", "min_lr", "warmup_iters", "lr_schedule",
     "decay_frac",
     "save_every", "keep_last", "sample_chars", "device", "dtype", "compile", "grad_clip", "skip_nonfinite",
-    "max_minutes", "eval_first",
+    "max_minutes", "eval_first", "log_to",
 })
 
 

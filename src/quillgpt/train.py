@@ -44,6 +44,7 @@ from quillgpt.errors import ConfigError, QuillError
 from quillgpt.metrics import MetricsLog, plot_losses
 from quillgpt.models import LanguageModel, build_model
 from quillgpt.optim import MuonAdamW, hidden_matrices
+from quillgpt.tracking import require_all
 
 
 class TrainingError(QuillError):
@@ -162,6 +163,8 @@ class Trainer:
         self.dataset = dataset
         self.run_dir = Path(run_dir)
         self.dist = dist or Distributed()
+        if self.dist.is_main:  # a missing tracker package fails here, before the run directory is touched
+            require_all(config.train.log_to)
         self.progress = progress and self.dist.is_main
         t = config.train
         self.device = resolve_device(t.device)
@@ -297,7 +300,7 @@ class Trainer:
         self.model.train()
         self._tick, self._tick_step = time.perf_counter(), self.step - len(self._pending)
         try:
-            with self._catch_stop_signals():
+            with self._catch_stop_signals(), self._tracking():
                 while True:
                     plan = self._plan(stop_at, started)
                     new_best = False
@@ -373,6 +376,17 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def _tracking(self) -> Iterator[None]:
+        """The trackers of --log-to, fed by every metrics record of this run; rank 0 alone logs under DDP.
+
+        A resumed run starts at ``self.step``, so its trackers continue the same runs from there.
+        """
+        log_to = self.config.train.log_to if self.dist.is_main else ""
+        with self.metrics.tracking(log_to, self.config.to_dict(), self.step) as trackers:
+            yield
+            trackers.log_image("loss", self.run_dir / "loss.png", self.step)
 
     def _stop_requested(self) -> bool:
         """Has a stop signal arrived? Under DDP the ranks agree at log points, so all stop at one step."""

@@ -26,6 +26,7 @@ from quillgpt.tokenizers import KINDS, StreamDecoder
 
 EXIT_USAGE = 2
 NOT_FLAGS = {"vocab_size"}  # set from the tokenizer, never by hand
+REPEATABLE = {"log_to"}  # comma lists: --log-to tensorboard --log-to wandb means tensorboard,wandb
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -59,6 +60,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, section: str
         flag = "--" + name.replace("_", "-")
         if kind is bool:
             group.add_argument(flag, dest=f"{section}.{name}", action=argparse.BooleanOptionalAction, default=None)
+        elif name in REPEATABLE:
+            group.add_argument(flag, dest=f"{section}.{name}", metavar="A,B", action="append", default=None)
         else:
             group.add_argument(flag, dest=f"{section}.{name}", metavar=kind.__name__.upper(), default=None)
 
@@ -68,6 +71,8 @@ def dataclass_overrides(args: argparse.Namespace, cls: type, section: str) -> di
     out: dict[str, Any] = {}
     for name, kind in field_types(cls).items():
         value = getattr(args, f"{section}.{name}", None)
+        if isinstance(value, list):  # a REPEATABLE flag given one or more times
+            value = ",".join(value)
         if value is not None:
             out[name] = value if kind is bool else parse_value(name, value, kind)
     return out

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from quillgpt.chat import Message, encode_conversation, end_id, require_chat_format
 from quillgpt.checkpoint import LoadedRun
-from quillgpt.config import MAX_EXAMPLES, MAX_WIDTH, check_positive_fields, check_range, check_seeds
+from quillgpt.config import MAX_EXAMPLES, MAX_WIDTH, check_positive_fields, check_range, check_seeds, tracker_names
 from quillgpt.errors import ConfigError
 from quillgpt.metrics import MetricsLog
 from quillgpt.posttrain.chat_eval import ChatReport, answer_all
@@ -51,9 +51,11 @@ class DPOConfig(PairsConfig):
     eval_questions: int = 500
     eval_seed: int = 1000
     out_dir: str = ""
+    log_to: str = ""  # experiment trackers, comma-separated: tensorboard, wandb, mlflow (quillgpt.tracking)
 
     def validate(self) -> None:
         self.validate_pairs()
+        tracker_names(self.log_to)
         check_positive_fields(self, "steps", "batch_size", "eval_interval", "eval_questions")
         if not (self.lr > 0 and self.beta > 0):
             raise ConfigError("lr and beta must be > 0")
@@ -108,10 +110,25 @@ def describe_pairs(summary: dict[str, Any]) -> str:
 
 
 def train_dpo(policy_run: LoadedRun, config: DPOConfig, progress: bool = True) -> dict[str, Any]:
+    """DPO from ``policy_run``, saved in ``config.out_dir``, with the trackers of ``config.log_to`` fed from
+    its metrics log; returns the summary."""
     config.validate()
+    require_chat_format(policy_run.tokenizer, str(policy_run.run_dir))
+    pairs = split_pairs(config)  # bad pairs fail before the run directory is made
+    run_dir = Path(config.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    log.path.unlink(missing_ok=True)
+    with log.tracking(config.log_to, {**dataclasses.asdict(config), "from": str(policy_run.run_dir)}) as trackers:
+        summary = _train_dpo(policy_run, config, pairs, log, progress)
+        trackers.log_image("dpo", run_dir / "dpo.png", config.steps)
+    return summary
+
+
+def _train_dpo(policy_run: LoadedRun, config: DPOConfig, pairs: tuple[list[Pair] | None, list[Pair]],
+               log: MetricsLog, progress: bool) -> dict[str, Any]:
     tokenizer = policy_run.tokenizer
-    require_chat_format(tokenizer, str(policy_run.run_dir))
-    train_pairs, val_pairs = split_pairs(config)
+    train_pairs, val_pairs = pairs
     torch.manual_seed(config.seed)
     policy = policy_run.model
     reference = frozen_copy(policy)
@@ -119,9 +136,6 @@ def train_dpo(policy_run: LoadedRun, config: DPOConfig, progress: bool = True) -
     held_out = questions(config.ops, config.digits, config.eval_questions, config.eval_seed, "val")
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
     run_dir = Path(config.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(run_dir / "metrics.jsonl")
-    log.path.unlink(missing_ok=True)
     rng = random.Random(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 

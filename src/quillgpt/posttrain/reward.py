@@ -35,6 +35,7 @@ from quillgpt.config import (
     check_positive_fields,
     check_range,
     check_seeds,
+    tracker_names,
 )
 from quillgpt.errors import CheckpointError, ConfigError, DataError
 from quillgpt.fsutil import atomic_write_json
@@ -169,9 +170,11 @@ class RewardConfig(PairsConfig):
     policy_pairs: int = 0  # arithmetic: questions whose wrong answers are the SFT model's own samples (half a batch)
     likelihood: bool = False  # add the backbone's log-likelihood of the reply (learned scale) to the score
     out_dir: str = ""
+    log_to: str = ""  # experiment trackers, comma-separated: tensorboard, wandb, mlflow (quillgpt.tracking)
 
     def validate(self) -> None:
         self.validate_pairs()
+        tracker_names(self.log_to)
         check_positive_fields(self, "steps", "batch_size", "eval_interval")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
@@ -338,10 +341,23 @@ def evaluate_pairs(model: RewardModel, tokenizer: Tokenizer, pairs: list[Pair]) 
 
 
 def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = True) -> dict[str, Any]:
-    """Train a reward model from ``base`` (an SFT run); save it in ``config.out_dir``; return the summary."""
+    """Train a reward model from ``base`` (an SFT run); save it in ``config.out_dir``; return the summary.
+
+    The trackers of ``config.log_to`` get every metrics record (the reward model has no plot to send).
+    """
     config.validate()
     require_chat_format(base.tokenizer, str(base.run_dir))
-    train_pairs, val_pairs = split_pairs(config)
+    pairs = split_pairs(config)  # bad pairs fail before the run directory is made
+    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(Path(config.out_dir) / "metrics.jsonl")
+    log.path.unlink(missing_ok=True)
+    with log.tracking(config.log_to, {**dataclasses.asdict(config), "from": str(base.run_dir)}):
+        return _train_reward_model(base, config, pairs, log, progress)
+
+
+def _train_reward_model(base: LoadedRun, config: RewardConfig, pairs: tuple[list[Pair] | None, list[Pair]],
+                        log: MetricsLog, progress: bool) -> dict[str, Any]:
+    train_pairs, val_pairs = pairs
     own_train, own_val = [], []
     if config.policy_pairs and config.data == "arithmetic":  # sampled before the backbone starts to change
         own_train = policy_pairs(base.model, base.tokenizer,
@@ -357,9 +373,6 @@ def train_reward_model(base: LoadedRun, config: RewardConfig, progress: bool = T
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
     rng = random.Random(config.seed)
     history: list[dict[str, Any]] = []
-    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(Path(config.out_dir) / "metrics.jsonl")
-    log.path.unlink(missing_ok=True)
     tic = time.perf_counter()
     bar = tqdm(range(1, config.steps + 1), desc="reward model", disable=not progress, leave=False)
     for step in bar:
