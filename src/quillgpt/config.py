@@ -333,7 +333,8 @@ class RunConfig:
                 rule = IGNORED_UNLESS.get((section, name))
                 if rule is not None and not rule[0](changed):
                     getattr(changed, section).validate()
-                    raise ConfigError(rule[1](changed, "--" + name.replace("_", "-")))
+                    no = "no-" if given[name] is False else ""  # a false boolean was given as --no-NAME
+                    raise ConfigError(rule[1](changed, f"--{no}{name.replace('_', '-')}"))
         return changed
 
 

@@ -132,6 +132,7 @@ def garbage_optimizer_meta(raw: bytes) -> bytes:
 
 
 TRAIN = ["train", "--preset", "tiny", "--dataset", "data/ok", "--no-progress"]
+TASK = ["train", "--preset", "tiny", "--no-progress"]  # an arithmetic run reads no corpus: --dataset is refused
 SAMPLE = ["sample", "runs/ok", "--max-new-tokens", "5"]
 
 CLI_CASES = [
@@ -256,11 +257,13 @@ CLI_CASES = [
     ("eval unknown characters", None, ["eval", "runs/ok", "--text", "other.txt"], "not in the vocabulary"),
     ("bench prepare bad vocab", None, ["bench", "prepare", "--tokenizer", "bpe", "--vocab-size", "5"], "out of range"),
     # arithmetic tasks
-    ("unknown task", None, [*TRAIN, "--task", "pow"], "task must be one of add, sub, mul, div, calc"),
-    ("unknown task format", None, [*TRAIN, "--task", "add", "--format", "roman"], "format must be one of"),
-    ("task block too small", None, [*TRAIN, "--task", "add", "--digits", "3", "--block-size", "8"],
+    ("unknown task", None, [*TASK, "--task", "pow"], "task must be one of add, sub, mul, div, calc"),
+    ("unknown task format", None, [*TASK, "--task", "add", "--format", "roman"], "format must be one of"),
+    ("task block too small", None, [*TASK, "--task", "add", "--digits", "3", "--block-size", "8"],
      "needs block_size >= 12"),
-    ("task more held-out than exist", None, [*TRAIN, "--task", "add", "--digits", "1"], "--eval-examples"),
+    ("task more held-out than exist", None, [*TASK, "--task", "add", "--digits", "1"], "--eval-examples"),
+    ("task and a corpus", None, [*TRAIN, "--task", "add"], "--dataset names a text corpus, but this run trains on "
+                                                          "the arithmetic task --task add"),
     ("task eval on a text run", None, ["task", "eval", "runs/ok"], "not trained on an arithmetic task"),
     ("calc on a text run", None, ["calc", "runs/ok", "1+1"], "not trained on an arithmetic task"),
     ("calc a missing run", None, ["calc", "runs/nope", "1+1"], "run directory not found: runs/nope"),

@@ -58,9 +58,10 @@ def cmd_sft(args: argparse.Namespace) -> int:
     overrides = config_overrides(args)
     overrides["train"]["out_dir"] = out_dir
     overrides["chat"]["chat_data"] = args.data
-    config = preset("sft").replace(overrides)
+    config = preset("sft")
     init = load_init(args.run_dir)
     config.model = init_model_config(init, overrides["model"])  # the model's shape comes from RUN_DIR
+    config = config.replace(overrides)  # after the swap: a model flag is checked against RUN_DIR's model
     config.validate()
     return run_training(config, "sft", init=init, overwrite=args.overwrite, progress=not args.no_progress,
                         stop_at=args.stop_at)

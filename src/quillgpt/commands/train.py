@@ -45,10 +45,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                             stop_at=args.stop_at)
     name = args.preset or DEFAULT_PRESET
     config = load_config_file(args.config) if args.config else preset(name)
-    config = config.replace(overrides)
     init = load_init(args.init_from) if args.init_from else None
     if init:  # the model (shape and weights) comes from the pretrained run
         config.model = init_model_config(init, overrides["model"])
+    config = config.replace(overrides)  # after the swap: a model flag is checked against the model trained
     config.validate()
     return run_training(config, Path(args.config).stem if args.config else name, init=init, data=args.data,
                         overwrite=args.overwrite, progress=progress, stop_at=args.stop_at)
