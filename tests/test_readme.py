@@ -187,6 +187,7 @@ def test_the_readme_runs_in_order(tmp_path: Path) -> None:
                 server.wait(timeout=30)
     # What the page promised is there.
     for path in ("runs/cpu-small/config.json", "runs/cpu-small-sft/config.json", "runs/cpu-small-sft-rm",
-                 "runs/cpu-small-sft-grpo", "runs/cpu-small-sft-ppo", "runs/cpu-small-sft-dpo", "attn.png"):
+                 "runs/cpu-small-sft-grpo", "runs/cpu-small-sft-ppo", "runs/cpu-small-sft-dpo", "attn.png",
+                 "runs/tracked/tb", "mlruns"):
         assert (tmp_path / path).exists(), path
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
