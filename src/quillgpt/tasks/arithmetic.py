@@ -352,21 +352,44 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     (longest first, each into the first row with room), every item in exactly one row.
 
     Within a row the indices keep their order; a row's leftover room is padding. Deterministic:
-    ties in length go by index.
+    ties in length go by index. O(n log n) for n items: the first row with room is found in a
+    tree of the rows' room (``_RoomTree``), not by scanning the rows (n x rows steps, quadratic).
     """
+    longest = max(lengths, default=0)
+    if longest > capacity:
+        raise ValueError(f"an item of {longest} tokens does not fit a row of {capacity}")
     rows: list[list[int]] = []
-    room: list[int] = []
+    room = _RoomTree(len(lengths), capacity)  # n rows at most; a row not opened yet is empty
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        if lengths[i] > capacity:
-            raise ValueError(f"an item of {lengths[i]} tokens does not fit a row of {capacity}")
-        row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
-        if row is None:
+        row = room.take_first_fit(lengths[i])  # an open row, or else the next one (== len(rows))
+        if row == len(rows):
             rows.append([])
-            room.append(capacity)
-            row = len(rows) - 1
         rows[row].append(i)
-        room[row] -= lengths[i]
     return [sorted(row) for row in rows]
+
+
+class _RoomTree:
+    """The free room of ``slots`` rows, each starting at ``capacity``, as a max segment tree (node k
+    holds the most room of the rows below it; leaves are the rows): the first row with room for an
+    item is one walk from the root, always left where the left subtree has room, O(log slots)."""
+
+    def __init__(self, slots: int, capacity: int) -> None:
+        self.leaves = 1
+        while self.leaves < slots:
+            self.leaves *= 2
+        self.most = [capacity] * (2 * self.leaves)  # node k's children: 2k and 2k + 1; root 1
+
+    def take_first_fit(self, size: int) -> int:
+        """The first row with at least ``size`` room, that room lowered by ``size``."""
+        node = 1
+        while node < self.leaves:
+            node = 2 * node if self.most[2 * node] >= size else 2 * node + 1
+        self.most[node] -= size
+        row, node = node - self.leaves, node // 2
+        while node:
+            self.most[node] = max(self.most[2 * node], self.most[2 * node + 1])
+            node //= 2
+        return row
 
 
 PACKED_ROW_TOKENS = 128  # rows hold at most this many tokens, or the longest problem if longer
