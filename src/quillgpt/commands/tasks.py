@@ -1,6 +1,7 @@
 """The arithmetic commands of ``quill``: ``quill task eval`` and ``quill calc``.
 
     quill task eval RUN_DIR --task add --digits 3 --n 2000 --eval-seed S
+    quill task eval RUN_DIR --digits 30 --n 1000 --eval-seed S   # past the trained length: exactly 30 digits
     quill calc RUN_DIR "123*45" [--show-work]
 """
 
@@ -19,14 +20,23 @@ from quillgpt.config import MAX_DIGITS, TASK_OPS
 from quillgpt.device import resolve_device
 from quillgpt.errors import ConfigError
 from quillgpt.posttrain.chat_eval import ChatReport, answer_all, count_correct
-from quillgpt.tasks.arithmetic import answer_text, check_steps, parse_answer, problems, prompt_text, readable_step
-from quillgpt.tasks.dataset import arithmetic_tokenizer
+from quillgpt.tasks.arithmetic import (
+    answer_text,
+    check_steps,
+    parse_answer,
+    problems,
+    prompt_text,
+    readable_step,
+    sample_text,
+)
+from quillgpt.tasks.dataset import arithmetic_tokenizer, extreme_problems
 from quillgpt.tasks.exact_match import Report, attempt_all, complete, parse_expression
 from quillgpt.tasks.exact_match import count_correct as count_correct_answers
 from quillgpt.tasks.pass_at_k import PassAtK
 from quillgpt.tasks.questions import questions
 
 MAX_SAMPLES = 1024  # pass@k's cost is n x K sampled answers: a bound a typo cannot exceed
+MAX_EVAL_DIGITS = 1000  # a test length; the run's block_size is the bound that binds (_check_fits)
 
 
 def _arithmetic_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
@@ -44,6 +54,8 @@ def _chat_eval(run: LoadedRun, args: argparse.Namespace) -> int:
     """A chat model trained on the built-in questions (quill sft, quill rl): format and exact match."""
     trained = run.config.chat
     digits = args.digits or trained.chat_digits
+    if digits > MAX_DIGITS:
+        raise ConfigError(f"--digits {digits}: chat questions have at most {MAX_DIGITS} digits")
     n = 500 if args.n is None else args.n
     seed = 1000 if args.eval_seed is None else args.eval_seed
     if args.task:
@@ -95,26 +107,45 @@ def cmd_task_eval(args: argparse.Namespace) -> int:
     n = trained.eval_examples if args.n is None else args.n
     if n < 1 or digits < 1:
         raise ConfigError("--n and --digits must be >= 1")
+    # Within the trained range the test set is like the training set (1..digits); past it, every problem
+    # is of the untrained length, so the score at that length is not diluted by shorter ones.
+    exact = digits > trained.digits
+    _check_fits(run, TASK_OPS[task], digits)
     try:
-        tests = problems(TASK_OPS[task], digits, n, seed, "test")
+        tests = problems(TASK_OPS[task], digits, n, seed, "test", exact=exact)
     except ValueError as exc:
         raise ConfigError(f"{exc} (--n)") from None
+    position = run.config.model.position
     tic = time.perf_counter()
-    report = Report(attempt_all(run.model, tests, trained.format, device))
+    report = Report(attempt_all(run.model, tests, trained.format, device, position=position))
     sampled = None if args.samples is None else PassAtK(
         count_correct_answers(run.model, tests, trained.format, device, args.samples, args.temperature,
-                              args.sample_seed), args.samples, args.temperature)
+                              args.sample_seed, position=position), args.samples, args.temperature)
     seconds = time.perf_counter() - tic
     if args.json:
         print(json.dumps({"run": str(run.run_dir), "checkpoint": run.checkpoint.name, "step": run.step, "task": task,
-                          "digits": digits, "format": trained.format, "eval_seed": seed, "seconds": seconds,
+                          "digits": digits, "exact_digits": exact, "trained_digits": trained.digits,
+                          "position": position, "format": trained.format, "eval_seed": seed, "seconds": seconds,
                           **report.to_dict(), **_sampled_dict(sampled)}))
     else:
-        print(report.format(f"{task}, operands up to {digits} digits, {trained.format} format, eval seed {seed} "
+        lengths = f"exactly {digits} digits (trained on 1..{trained.digits})" if exact else f"up to {digits} digits"
+        print(report.format(f"{task}, operands {lengths}, {trained.format} format, eval seed {seed} "
                             f"({run.checkpoint.name}, {seconds:.1f} s)"))
         if sampled is not None:
             print(sampled.format())
     return 0
+
+
+def _check_fits(run: LoadedRun, ops: str, digits: int) -> None:
+    """A one-line error where a problem of ``digits`` digits and its answer do not fit the run's context
+    (with a position scheme, block_size is also the size of the position table)."""
+    block = run.config.model.block_size
+    need = max(len(sample_text(p, run.config.arithmetic.format)) - 1 for p in extreme_problems(ops, digits))
+    if need > block:
+        fits = max((d for d in range(1, digits) if max(len(sample_text(p, run.config.arithmetic.format)) - 1
+                                                       for p in extreme_problems(ops, d)) <= block), default=0)
+        raise ConfigError(f"--digits {digits} needs a context of {need} tokens, but {run.run_dir} has block_size "
+                          f"{block}: evaluate at most --digits {fits}, or train with a larger --block-size")
 
 
 def cmd_calc(args: argparse.Namespace) -> int:
@@ -126,7 +157,8 @@ def cmd_calc(args: argparse.Namespace) -> int:
         raise ConfigError(f"{run.run_dir} was trained on {trained.ops} only, not {problem.op}: use a calc model")
     prompt = prompt_text(problem, trained.format)
     room = run.config.model.block_size - len(prompt)
-    text = complete(run.model, [prompt], max(room, len(answer_text(problem, trained.format)) + 1), device)[0]
+    text = complete(run.model, [prompt], max(room, len(answer_text(problem, trained.format)) + 1), device,
+                    position=run.config.model.position)[0]
     answer = parse_answer(text, problem.op, trained.format)
     value, remainder = problem.result
     truth = f"{value}" if remainder is None else f"{value} r {remainder}"
@@ -150,8 +182,9 @@ def add_task_commands(commands: argparse._SubParsersAction) -> None:
     task_eval = task_commands.add_parser("eval", help="greedy exact-match accuracy on held-out problems")
     task_eval.add_argument("run_dir")
     task_eval.add_argument("--task", help="add, sub, mul, div or calc (default: the run's task)")
-    task_eval.add_argument("--digits", type=argtypes.whole(1, MAX_DIGITS),
-                           help="operands of 1..N digits (default: the run's)")
+    task_eval.add_argument("--digits", type=argtypes.whole(1, MAX_EVAL_DIGITS),
+                           help="operands of 1..N digits (default: the run's); past the run's trained digits, "
+                                "the longer operand has exactly N (a test of length generalization)")
     task_eval.add_argument("--n", type=argtypes.count, default=None,
                            help="held-out problems (default: the run's eval_examples, 2000 for add3/calc3)")
     task_eval.add_argument("--eval-seed", type=argtypes.seed, default=None,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quillgpt.config import ModelConfig
+from quillgpt.config import POSITION_SCHEMES, ModelConfig
 from quillgpt.errors import ConfigError
 from quillgpt.models import decode, matvec
 from quillgpt.models.attention import (
@@ -164,9 +164,12 @@ class GPT(LanguageModel):
         self.config = config
         self.block_size = config.block_size
         self.token_embedding_table = nn.Embedding(config.vocab_size, config.n_embd)
-        # With RoPE, positions enter inside attention (attention.RotaryEmbedding) instead.
+        # With RoPE, positions enter inside attention (attention.RotaryEmbedding) instead. With a
+        # position scheme (abacus, coupled) the same table is read at ids the task computes from the
+        # digits' places (tasks/position_schemes.py), passed in as position_ids; block_size rows.
         self.position_embedding_table = (nn.Embedding(config.block_size, config.n_embd)
-                                         if config.position == "learned" else None)
+                                         if config.position != "rope" else None)
+        self.ids_from_task = config.position in POSITION_SCHEMES
         self.blocks = nn.Sequential(*[Block(config) for _ in range(config.n_layer)])
         self.ln_f = make_norm(config.norm, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head_bias)
@@ -206,22 +209,39 @@ class GPT(LanguageModel):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                positions: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position of ``idx`` (B, T); with ``kv_cache``, ``idx`` continues the cached tokens.
 
         ``positions`` (B, T): packed rows, several sequences per row (``attention.Packing``); each
         token sits at its given position and attends only to the earlier tokens of its own sequence.
+        ``position_ids`` (B, T): the rows of the position table to add, for a model whose
+        ``position`` is a scheme (abacus, coupled), which must be given them; with ``kv_cache``,
+        the ids of the new tokens only.
         """
-        if targets is None and positions is None and decode.applies(self, idx, kv_cache):
+        self._check_position_ids(idx, position_ids)
+        if targets is None and positions is None and position_ids is None and decode.applies(self, idx, kv_cache):
             plan = decode.plan_for(self, DECODE_CLASSES)  # one decoded token on CPU: the flat loop (models/decode.py)
             if plan is not None:
                 return plan.step(idx, kv_cache), None
-        logits = self.lm_head(self.features(idx, kv_cache, positions))  # (B, T, vocab)
+        logits = self.lm_head(self.features(idx, kv_cache, positions, position_ids))  # (B, T, vocab)
         loss = None if targets is None else language_model_loss(logits, targets, loss_mask)
         return logits, loss
 
+    def _check_position_ids(self, idx: torch.Tensor, position_ids: torch.Tensor | None) -> None:
+        if not self.ids_from_task:
+            if position_ids is not None:
+                raise ValueError(f"position_ids are for --position {' or '.join(POSITION_SCHEMES)}; this model's "
+                                 f"is {self.config.position}")
+            return
+        if position_ids is None:
+            raise ConfigError(f"this model's position ids (--position {self.config.position}) come from its "
+                              "arithmetic problems: ask it with quill calc or quill task eval")
+        if position_ids.shape != idx.shape:
+            raise ValueError(f"position_ids {tuple(position_ids.shape)} must have the shape of idx {tuple(idx.shape)}")
+
     def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None,
-                 positions: torch.Tensor | None = None) -> torch.Tensor:
+                 positions: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The final normalized hidden state of every position (B, T, n_embd): what lm_head reads.
 
         Reward and value heads (quillgpt.posttrain) read the same features.
@@ -240,7 +260,13 @@ class GPT(LanguageModel):
             packing = Packing.from_positions(positions)
         tok_emb = self.token_embedding_table(idx)  # (B, T, C)
         x = tok_emb
-        if self.position_embedding_table is not None:  # learned absolute positions (None with RoPE)
+        if position_ids is not None:  # a position scheme: the ids the task gave, cached or not (B, T, C)
+            low, high = (int(v) for v in torch.aminmax(position_ids))
+            if low < 0 or high >= self.block_size:
+                raise ValueError(f"position ids run from 0 to {self.block_size - 1} (block_size rows), "
+                                 f"got {low}..{high}")
+            x = x + self.position_embedding_table(position_ids)
+        elif self.position_embedding_table is not None:  # learned absolute positions (None with RoPE)
             if packing is not None:  # each token at its position in its own sequence: (B, T, C)
                 x = x + self.position_embedding_table(positions)
             elif kv_cache is not None and kv_cache.ragged:  # each row continues at its own position: (B, T, C)

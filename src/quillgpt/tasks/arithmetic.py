@@ -36,8 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from quillgpt.data import Batch, SeededSampler, to_device
+from quillgpt.data import Batch, SeededSampler, to_device, unpadded_tokens
 from quillgpt.errors import ConfigError
+from quillgpt.tasks.position_schemes import SCHEMES, offset_room, position_ids, shifted
 
 OPS = ("+", "-", "*", "/")
 COMMUTATIVE = ("+", "*")  # a problem and its swapped twin must share a split
@@ -110,28 +111,45 @@ def check_ops(ops: str) -> str:
     return ops
 
 
-def draw_problem(rng: random.Random, ops: str, digits: int) -> Problem:
-    """One random problem (of either split): the operator uniform over ``ops``."""
+def draw_problem(rng: random.Random, ops: str, digits: int, exact: bool = False) -> Problem:
+    """One random problem (of either split): the operator uniform over ``ops``.
+
+    ``exact``: the longer operand has exactly ``digits`` digits (either one, at random), the other
+    1..digits: a test at one length, e.g. past the lengths a model was trained on."""
     op = ops[rng.randrange(len(ops))]
-    return Problem(random_operand(rng, digits), op, random_operand(rng, digits, low=1 if op == "/" else 0))
+    a, b = random_operand(rng, digits), random_operand(rng, digits, low=1 if op == "/" else 0)
+    if exact and max(len(str(a)), len(str(b))) < digits:
+        longest = rng.randint(10 ** (digits - 1), 10**digits - 1)
+        a, b = (longest, b) if rng.randrange(2) else (a, longest)
+    return Problem(a, op, b)
+
+
+def longer_operand(problem: Problem) -> int:
+    """Digits of the longer operand: a problem's length."""
+    return max(len(str(problem.a)), len(str(problem.b)))
 
 
 def problems(ops: str, digits: int, count: int, seed: int, split: str = "train",
-             keep: Callable[[Problem], bool] | None = None, all_if_fewer: bool = False) -> list[Problem]:
+             keep: Callable[[Problem], bool] | None = None, all_if_fewer: bool = False,
+             exact: bool = False) -> list[Problem]:
     """``count`` distinct problems of ``split`` (train or test) that ``keep`` accepts, the same for the same seed.
 
     ``all_if_fewer``: where the problems are few enough to count (1-2 digit operands) and there are
-    fewer than ``count``, return all of them instead of failing."""
+    fewer than ``count``, return all of them instead of failing. ``exact``: only problems whose longer
+    operand has exactly ``digits`` digits (``draw_problem``)."""
     check_ops(ops)
     if digits < 1:
         raise ValueError(f"operands need at least 1 digit, got {digits}")
+    if exact:
+        wanted = keep
+        keep = lambda p: longer_operand(p) == digits and (wanted is None or wanted(p))  # noqa: E731
     available = available_problems(ops, digits, split, keep)
     if all_if_fewer and digits <= SMALL_DIGITS:
         count = min(count, int(available))
     if count > available:  # fail at once, rather than drawing for hours
         raise ConfigError(f"cannot draw {count} distinct {split} problems of {digits}-digit {ops}: there are "
                           f"{'only' if digits <= SMALL_DIGITS else 'about'} {available:,.0f}; ask for fewer")
-    rng = random.Random(f"{ops}:{digits}:{seed}:{split}")
+    rng = random.Random(f"{ops}:{digits}:{seed}:{split}" + (":exact" if exact else ""))
     seen: set[Problem] = set()
     out: list[Problem] = []
     attempts = 0
@@ -139,7 +157,7 @@ def problems(ops: str, digits: int, count: int, seed: int, split: str = "train",
         attempts += 1
         if digits > SMALL_DIGITS and attempts > 100 * count + 1000:  # small spaces were counted exactly
             raise ConfigError(f"cannot draw {count} distinct {split} problems of {digits}-digit {ops}: ask for fewer")
-        problem = draw_problem(rng, ops, digits)
+        problem = draw_problem(rng, ops, digits, exact)
         if problem.split == split and (keep is None or keep(problem)) and problem not in seen:
             seen.add(problem)
             out.append(problem)
@@ -435,9 +453,29 @@ def packed_batch(examples: list[Problem], fmt: str,
 def padding_fraction(x: torch.Tensor, y: torch.Tensor) -> float:
     """The share of a batch's input tokens that belong to no problem: the positions after each
     row's last answer token (its last target that is not IGNORE)."""
-    answered = y != IGNORE
-    last = torch.where(answered.any(1), x.size(1) - 1 - answered.flip(1).int().argmax(1), -1)  # per row
-    return 1.0 - float((last + 1).sum()) / x.numel()
+    return 1.0 - float(unpadded_tokens(y, IGNORE)) / x.numel()
+
+
+def scheme_position_ids(x: torch.Tensor, positions: torch.Tensor | None, scheme: str, rows: int,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """The position scheme's id (``tasks.position_schemes``) of every token of a batch ``x`` (B, T).
+
+    ``positions``: a packed batch's, where each problem starts at 0 (None: one problem per row).
+    The ids are computed per problem from its own text, so packing does not change them. With a
+    ``generator`` (training) each problem's ids get a random offset that keeps them below ``rows``,
+    the model's table size; without one (evaluation) the offset is 0.
+    """
+    out = torch.zeros_like(x, device="cpu")
+    starts = (positions == 0).cpu() if positions is not None else None
+    for r, row in enumerate(x.tolist()):
+        text = "".join(ALPHABET[i] for i in row)
+        bounds = [0] if starts is None else starts[r].nonzero().flatten().tolist()
+        for begin, end in zip(bounds, [*bounds[1:], len(row)], strict=True):
+            ids = position_ids(text[begin:end], scheme)
+            offset = 0 if generator is None else int(torch.randint(offset_room(ids, rows) + 1, (1,),
+                                                                   generator=generator))
+            out[r, begin:end] = torch.tensor(shifted(ids, offset))
+    return out.to(x.device)
 
 
 class ProblemBatches(SeededSampler):
@@ -451,16 +489,23 @@ class ProblemBatches(SeededSampler):
     ``pack`` they are packed several to a row of up to ``block_size`` tokens (``packed_batch``),
     and ``next`` returns ``(x, y, {"positions": ...})``, the third item the model's keyword
     arguments (see ``data.split_batch``). The same problems either way, so the same loss.
+
+    ``position`` abacus or coupled: the model's position ids come from the problems
+    (``scheme_position_ids``) and travel as ``{"position_ids": ...}`` beside the batch, with a random
+    offset per problem where ``offsets`` (the training split; never the held-out one).
     """
 
     def __init__(self, fmt: str, batch_size: int, block_size: int, seed: int, device: str | torch.device = "cpu",
-                 pool: list[Problem] | None = None, ops: str = "+", digits: int = 3, pack: bool = False) -> None:
+                 pool: list[Problem] | None = None, ops: str = "+", digits: int = 3, pack: bool = False,
+                 position: str = "learned", offsets: bool = False) -> None:
         if pool is not None and not pool:
             raise ValueError("the problem pool is empty: ask for at least one example")
         if pack and fmt == "hinted":
             raise ValueError("the hinted format starts each training problem at a random position: it cannot pack")
         self.fmt, self.batch_size, self.block_size = fmt, batch_size, block_size
         self.pool, self.ops, self.digits, self.pack = pool, check_ops(ops), digits, pack
+        self.scheme = position if position in SCHEMES else None
+        self.offsets = offsets
         self.device = torch.device(device)
         super().__init__(seed)
 
@@ -476,11 +521,18 @@ class ProblemBatches(SeededSampler):
                     chosen.append(problem)
         if self.pack:
             x, y, positions = packed_batch(chosen, self.fmt, self.block_size)
-            x, y = to_device(x, y, self.device)
-            return x, y, {"positions": positions.to(self.device)}
-        randomness = self._hint_randomness(chosen) if self.fmt == "hinted" else None
-        x, y = batch(chosen, self.fmt, self.block_size, randomness)
-        return to_device(x, y, self.device)
+            inputs = {"positions": positions}
+        else:
+            randomness = self._hint_randomness(chosen) if self.fmt == "hinted" else None
+            x, y = batch(chosen, self.fmt, self.block_size, randomness)
+            inputs = {}
+        if self.scheme is not None:
+            inputs["position_ids"] = scheme_position_ids(x, inputs.get("positions"), self.scheme, self.block_size,
+                                                         self.generator if self.offsets else None)
+        x, y = to_device(x, y, self.device)
+        if not inputs:
+            return x, y
+        return x, y, {name: value.to(self.device) for name, value in inputs.items()}
 
     def _hint_randomness(self, chosen: list[Problem]) -> list[tuple[int, int]]:
         """A random hint offset and start position per row (the hinted format's training)."""

@@ -41,11 +41,12 @@ def extreme_problems(ops: str, digits: int) -> list[Problem]:
 class ArithmeticDataset:
     """The training and held-out problems of one arithmetic task."""
 
-    def __init__(self, config: ArithmeticConfig) -> None:
+    def __init__(self, config: ArithmeticConfig, position: str = "learned") -> None:
         if not config.enabled:
             raise ConfigError("no arithmetic task given: pass --task add|sub|mul|div|calc")
         config.validate()
         self.config = dataclasses.replace(config)  # a copy: the sets must not change under us
+        self.position = position  # the model's: abacus or coupled need position ids with each batch
         self.tokenizer = arithmetic_tokenizer(config.format)
         try:
             self.train_pool = (problems(config.ops, config.digits, config.train_examples, config.data_seed, "train")
@@ -79,8 +80,10 @@ class ArithmeticDataset:
     def batches(self, split: str, batch_size: int, block_size: int, seed: int,
                 device: str | torch.device = "cpu") -> ProblemBatches:
         pool = self.val_pool if split == "val" else self.train_pool
+        # a position scheme's random offsets are for training only: the val loss is measured as tested
         return ProblemBatches(self.config.format, batch_size, block_size, seed, device, pool=pool,
-                              ops=self.config.ops, digits=self.config.digits, pack=self.config.pack)
+                              ops=self.config.ops, digits=self.config.digits, pack=self.config.pack,
+                              position=self.position, offsets=split == "train")
 
     def info(self) -> dict[str, Any]:
         return {"dataset": str(self.folder), "arithmetic": dataclasses.asdict(self.config),
@@ -96,7 +99,7 @@ def open_dataset(config: RunConfig, data: str | None = None, folder: str | None 
     ``base_tokenizer``, the finetuned model's or the run's own), or the prepared corpus ``folder``
     (default: ``config.train.dataset``, found or prepared through ``resolve_dataset``)."""
     if config.arithmetic.enabled:
-        return ArithmeticDataset(config.arithmetic)
+        return ArithmeticDataset(config.arithmetic, config.model.position)
     if config.chat.enabled:
         from quillgpt.posttrain.sft import ChatDataset  # posttrain builds on tasks, not the other way
 

@@ -17,8 +17,9 @@ from itertools import groupby
 
 import torch
 
+from quillgpt.config import POSITION_SCHEMES
 from quillgpt.errors import QuillError
-from quillgpt.sample import stream
+from quillgpt.sample import check_sampling, sample_next, stream
 from quillgpt.tasks.arithmetic import (
     ALPHABET,
     OPS,
@@ -29,6 +30,7 @@ from quillgpt.tasks.arithmetic import (
     parse_answer,
     prompt_text,
 )
+from quillgpt.tasks.position_schemes import AnswerPlaces, position_ids
 
 NEWLINE = encode("\n")[0]
 
@@ -68,16 +70,59 @@ class Attempt:
 
 
 @torch.no_grad()
+def placed_stream(model: torch.nn.Module, prompts: list[str], max_new_tokens: int, scheme: str, device: torch.device,
+                  temperature: float | None = None, generator: torch.Generator | None = None
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``sample.stream`` for a model whose position ids come from the problem (--position abacus|coupled):
+    yields each new token (B, 1) with the logits it was drawn from (B, vocab); greedy without ``temperature``.
+
+    The prompts get their ids from their text (offset 0: no offset at evaluation); each generated
+    token gets its id from the answer before it (``AnswerPlaces``), so with a KV cache only the new
+    token and its id go in. Stops at the context's end (block_size): ids and positions have no rows past it.
+    """
+    if temperature is not None:
+        check_sampling(max_new_tokens, temperature, None, None)
+    idx = torch.tensor([encode(p) for p in prompts], dtype=torch.long, device=device)
+    ids = torch.tensor([position_ids(p, scheme) for p in prompts], dtype=torch.long, device=device)
+    places = [AnswerPlaces(scheme) for _ in prompts]  # each prompt ends with "=": its answer starts next
+    was_training = model.training
+    model.eval()
+    cache = model.new_kv_cache(len(prompts)) if getattr(model, "supports_kv_cache", False) else None
+    fed, fed_ids = idx, ids
+    try:
+        for _ in range(min(max_new_tokens, model.block_size - idx.size(1))):
+            if cache is None:  # the lecture's attention has no cache: the whole context every time
+                logits, _ = model(idx, position_ids=ids)
+            else:
+                logits, _ = model(fed, kv_cache=cache, position_ids=fed_ids)
+            last = logits[:, -1, :]
+            token = (last.argmax(-1, keepdim=True) if temperature is None
+                     else sample_next(last, temperature, generator=generator))
+            fed = token
+            fed_ids = torch.tensor([[place.next(ALPHABET[t])] for place, t in zip(places, token[:, 0].tolist(),
+                                                                                   strict=True)],
+                                   dtype=torch.long, device=device)
+            idx, ids = torch.cat((idx, fed), dim=1), torch.cat((ids, fed_ids), dim=1)
+            yield token, last
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
 def complete(model: torch.nn.Module, prompts: list[str], max_new_tokens: int, device: torch.device,
-             temperature: float | None = None, generator: torch.Generator | None = None) -> list[str]:
+             temperature: float | None = None, generator: torch.Generator | None = None,
+             position: str = "learned") -> list[str]:
     """Continuations of prompts of equal length, each cut at the first newline: greedy, or sampled at
-    ``temperature`` (for pass@k)."""
+    ``temperature`` (for pass@k). ``position``: the model's (a scheme decodes through ``placed_stream``)."""
     idx = torch.tensor([encode(p) for p in prompts], dtype=torch.long, device=device)
     rows: list[list[int]] = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     # greedy is top-k 1: the most likely token, always
     choice = {"top_k": 1} if temperature is None else {"temperature": temperature, "generator": generator}
-    for token in stream(model, idx, max_new_tokens, **choice):
+    tokens = (stream(model, idx, max_new_tokens, **choice) if position not in POSITION_SCHEMES else
+              (token for token, _ in placed_stream(model, prompts, max_new_tokens, position, device, temperature,
+                                                   generator)))
+    for token in tokens:
         for row, value in zip(rows, token[:, 0].tolist(), strict=True):
             row.append(value)
         done |= token[:, 0] == NEWLINE
@@ -88,11 +133,14 @@ def complete(model: torch.nn.Module, prompts: list[str], max_new_tokens: int, de
 
 
 def attempt_all(model: torch.nn.Module, problems: list[Problem], fmt: str, device: torch.device,
-                batch_size: int = 500) -> list[Attempt]:
-    """Each problem decoded greedily (batched by prompt length, so positions line up)."""
+                batch_size: int = 500, position: str = "learned") -> list[Attempt]:
+    """Each problem decoded greedily (batched by prompt length, so positions line up).
+
+    ``position``: the model's ``ModelConfig.position`` (abacus and coupled need ids from the problems)."""
     attempts: dict[Problem, Attempt] = {}
     for chunk, prompts, longest in _chunks_by_prompt_length(problems, fmt, batch_size):
-        for problem, prompt, text in zip(chunk, prompts, complete(model, prompts, longest, device), strict=True):
+        texts = complete(model, prompts, longest, device, position=position)
+        for problem, prompt, text in zip(chunk, prompts, texts, strict=True):
             correct = parse_answer(text, problem.op, fmt) == problem.result
             attempts[problem] = Attempt(problem, prompt, text, correct,
                                         check_steps(text) if fmt == "scratchpad" else None)
@@ -100,12 +148,13 @@ def attempt_all(model: torch.nn.Module, problems: list[Problem], fmt: str, devic
 
 
 def count_correct(model: torch.nn.Module, problems: list[Problem], fmt: str, device: torch.device, samples: int,
-                  temperature: float, seed: int, batch_size: int = 500) -> list[int]:
+                  temperature: float, seed: int, batch_size: int = 500, position: str = "learned") -> list[int]:
     """Right answers among ``samples`` sampled at ``temperature`` for each problem (for pass@k)."""
     generator = torch.Generator(device=device).manual_seed(seed)
     right: dict[Problem, int] = {}
     for chunk, prompts, longest in _chunks_by_prompt_length(problems, fmt, max(1, batch_size // samples)):
-        texts = complete(model, [p for p in prompts for _ in range(samples)], longest, device, temperature, generator)
+        texts = complete(model, [p for p in prompts for _ in range(samples)], longest, device, temperature, generator,
+                         position)
         for i, problem in enumerate(chunk):
             right[problem] = sum(parse_answer(t, problem.op, fmt) == problem.result
                                  for t in texts[i * samples:(i + 1) * samples])
