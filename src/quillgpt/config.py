@@ -19,7 +19,8 @@ from quillgpt.ignored_flags import IGNORED_UNLESS
 ARCHS = ("bigram", "gpt", "mlp", "cnn", "rnn", "lstm", "gru")  # mlp..gru: the model zoo (models/zoo/)
 ATTENTIONS = ("classic", "fused")
 NORMS = ("torch", "scratch", "rms")
-POSITIONS = ("learned", "rope")
+POSITION_SCHEMES = ("abacus", "coupled")  # position ids from the digits' places (tasks/position_schemes.py)
+POSITIONS = ("learned", "rope", *POSITION_SCHEMES)
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -60,6 +61,8 @@ class ModelConfig:
     # "rms": RMSNorm, LayerNorm without the mean and the bias (Zhang & Sennrich 2019, eq. 4).
     # position "rope": rotate q and k by their position instead of adding a learned position
     # table (Su et al. 2021, arXiv 2104.09864, "RoFormer"), so scores depend on the offset only.
+    # "abacus" (McLeish et al. 2024) and "coupled" (Cho et al. 2024): the learned table read at ids
+    # the arithmetic task computes from each digit's place (tasks/position_schemes.py); reversed format.
     position: str = "learned"
     # feed-forward nonlinearity: relu (the lecture), gelu (Hendrycks & Gimpel 2016, arXiv 1606.08415),
     # gelu_tanh (GELU's tanh approximation, GPT-2's "gelu_new"),
@@ -304,6 +307,12 @@ class RunConfig:
         if self.arithmetic.enabled and self.arithmetic.pack and self.model.arch != "gpt":
             raise ConfigError(f"--pack needs arch gpt (its attention keeps packed problems apart), got "
                               f"{self.model.arch}: drop --pack")
+        if self.model.position in POSITION_SCHEMES and (not self.arithmetic.enabled
+                                                        or self.arithmetic.format != "reversed"
+                                                        or self.model.arch != "gpt"):
+            raise ConfigError(f"--position {self.model.position} numbers each digit by its place, known only for "
+                              "an arithmetic task in the reversed format, and only arch gpt reads it: add --task add "
+                              "--format reversed (arch gpt), or use --position learned or rope")
         if self.arithmetic.enabled and self.chat.enabled:
             raise ConfigError("a run trains on an arithmetic task or on conversations, not both: drop --task or "
                               "--chat-data")

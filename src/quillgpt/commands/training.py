@@ -134,7 +134,8 @@ def _clear_run_dir(run_dir: Path) -> None:
 def print_task_accuracy(trainer: Trainer, n: int = 500) -> None:
     """Exact match on (up to) ``n`` problems of the held-out val set, after training."""
     held_out = trainer.dataset.val_pool[:n]
-    report = Report(attempt_all(trainer.model, held_out, trainer.config.arithmetic.format, trainer.device))
+    report = Report(attempt_all(trainer.model, held_out, trainer.config.arithmetic.format, trainer.device,
+                                position=trainer.config.model.position))
     print("\n" + report.format(f"held-out accuracy ({len(held_out)} problems of the val set)"))
 
 
