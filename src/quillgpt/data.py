@@ -452,6 +452,17 @@ def split_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, tor
     return x, y, (extra[0] if extra else {})
 
 
+def unpadded_tokens(y: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """How many input tokens of a batch are not padding: in each row, the positions up to its last
+    scored target (``ignore_index``, F.cross_entropy's, marks the rest). A position after it cannot
+    change the loss, the model being causal: it is a right-padded row's padding (a task's problem,
+    a conversation). A text batch scores every position, so every token counts. A tensor on y's
+    device: reading it is the caller's sync."""
+    scored = y != ignore_index
+    ends = torch.where(scored.any(-1), y.size(-1) - scored.flip(-1).int().argmax(-1), 0)  # per row
+    return ends.sum()
+
+
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch on ``device``; on CUDA through pinned memory, so the copy overlaps with compute."""
     if device.type == "cuda":

@@ -37,7 +37,7 @@ from quillgpt.checkpoint import (
     write_run_files,
 )
 from quillgpt.config import RunConfig
-from quillgpt.data import TrainingData, split_batch
+from quillgpt.data import TrainingData, split_batch, unpadded_tokens
 from quillgpt.device import resolve_device, resolve_dtype
 from quillgpt.distributed import Distributed
 from quillgpt.errors import ConfigError, QuillError
@@ -202,7 +202,8 @@ class Trainer:
         self.skipped_steps = 0
         self.stop_signal: int | None = None
         self._pending: list[torch.Tensor] = []  # per-step losses not yet logged (kept on the device)
-        self._tokens_seen = 0  # input tokens of this process since the last log (for tokens/s)
+        # input tokens of this process since the last log, padding left out (for tokens/s); on the device
+        self._tokens_seen = torch.zeros((), dtype=torch.long, device=self.device)
         if resume_state is not None:
             self._restore(resume_state)
         elif self.dist.is_main:
@@ -223,7 +224,7 @@ class Trainer:
         for micro in range(t.grad_accum):
             last = micro == t.grad_accum - 1
             x, y, inputs = split_batch(self.train_batches.next())  # inputs: packed rows' positions
-            self._tokens_seen += x.numel()
+            self._tokens_seen += unpadded_tokens(y)
             no_sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with no_sync:
                 with autocast(self.device, self.dtype):
@@ -415,8 +416,8 @@ class Trainer:
         finite = [v for v in values if math.isfinite(v)]
         now = time.perf_counter()
         steps = max(1, self.step - self._tick_step)
-        tokens = self._tokens_seen * self.dist.world_size
-        self._tokens_seen = 0
+        tokens = self.dist.mean(self._tokens_seen.float()).item() * self.dist.world_size  # all ranks'
+        self._tokens_seen.zero_()
         record = {"kind": "train", "step": self.step, "loss": sum(finite) / len(finite) if finite else None,
                   "lr": learning_rate(self.step - 1, self.config),
                   "ms_per_step": 1000 * (now - self._tick) / steps, "tokens_per_s": tokens / (now - self._tick)}
@@ -439,8 +440,8 @@ class Trainer:
             record["val_bpc"] = bpc  # comparable across tokenizers, unlike the loss per token
         self._record(record)
         self.last_eval = record
-        bar.set_postfix(train=f"{record['train_loss']:.4f}", val=f"{record['val_loss']:.4f}",
-                        val_bpc=f"{record.get('val_bpc', math.nan):.3f}")
+        bpc_shown = {"val_bpc": f"{record['val_bpc']:.3f}"} if "val_bpc" in record else {}  # none for a task run
+        bar.set_postfix(train=f"{record['train_loss']:.4f}", val=f"{record['val_loss']:.4f}", **bpc_shown)
         if self.dist.is_main:
             plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}")
         if not math.isfinite(losses["val"]):
