@@ -7,10 +7,13 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quillgpt.fsutil import atomic_write, atomic_write_bytes
 from quillgpt.tracking import Trackers, open_trackers
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class MetricsLog:
@@ -64,16 +67,18 @@ class MetricsLog:
         return evals[-1] if evals else None
 
 
-def plot_losses(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Write a PNG of train/val loss against step (train-step losses drawn faintly)."""
-    import matplotlib
+def loss_figure(records: list[dict[str, Any]], title: str = "") -> Figure:
+    """Train/val loss against step (train-step losses drawn faintly), as a matplotlib Figure.
 
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
+    Built without pyplot, so drawing it neither picks a backend nor leaves a figure open: a run
+    trained inside a notebook keeps the notebook's inline plots working.
+    """
+    from matplotlib.figure import Figure  # matplotlib is slow to import: only when a plot is drawn
 
     evals = [r for r in records if r.get("kind") == "eval"]
     steps_train = [r for r in records if r.get("kind") == "train"]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    ax = fig.subplots()
     if steps_train:
         ax.plot([r["step"] for r in steps_train], [r["loss"] for r in steps_train],
                 color="tab:blue", alpha=0.25, linewidth=0.8, label="train (batch)")
@@ -88,5 +93,10 @@ def plot_losses(records: list[dict[str, Any]], path: Path, title: str = "") -> N
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_losses(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Write ``loss_figure`` as a PNG file."""
+    fig = loss_figure(records, title)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)

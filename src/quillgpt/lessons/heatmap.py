@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -10,6 +11,9 @@ from quillgpt.checkpoint import LoadedRun
 from quillgpt.errors import ConfigError
 from quillgpt.fsutil import atomic_write
 from quillgpt.models.introspect import attention_weights
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 VISIBLE = {" ": "␣", "\n": "\\n", "\t": "\\t"}  # whitespace tokens made readable on the axes
 
@@ -43,16 +47,15 @@ def run_attention(run: LoadedRun, text: str, layer: int, head: int) -> tuple[tor
     return weights[layer, head].cpu(), token_labels(run, ids)
 
 
-def plot_attention(weights: torch.Tensor, labels: list[str], path: Path, title: str) -> None:
-    """Write the heatmap: row i (a query position) shows how much it attends to each column j."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
+def attention_figure(weights: torch.Tensor, labels: list[str], title: str) -> Figure:
+    """The heatmap as a matplotlib Figure: row i (a query position) shows how much it attends to each
+    column j. Built without pyplot, so it picks no backend: a notebook shows it inline, the CLI saves it."""
+    from matplotlib.figure import Figure  # matplotlib is slow to import: only when a plot is drawn
 
     T = len(labels)
     size = min(16.0, 2.5 + 0.32 * T)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=110)
+    fig = Figure(figsize=(size, size * 0.9), dpi=110)
+    ax = fig.subplots()
     image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(T), labels, rotation=90 if any(len(s) > 2 for s in labels) else 0, fontsize=8)
     ax.set_yticks(range(T), labels, fontsize=8)
@@ -61,6 +64,11 @@ def plot_attention(weights: torch.Tensor, labels: list[str], path: Path, title: 
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
+    return fig
+
+
+def plot_attention(weights: torch.Tensor, labels: list[str], path: Path, title: str) -> None:
+    """Write the heatmap (``attention_figure``) as a PNG file."""
+    fig = attention_figure(weights, labels, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
