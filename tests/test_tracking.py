@@ -8,12 +8,13 @@ W&B runs offline here, with its config and cache directories in the test's folde
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from quillgpt.cli import main
 from quillgpt.config import TrainConfig
@@ -131,14 +132,18 @@ def test_a_train_run_logs_the_same_numbers_to_all_three(workdir: Path, dataset_d
 
 
 def test_a_resumed_run_continues_the_same_tracker_runs(workdir: Path, dataset_dir: Path):
-    common = [*TRAIN, "--dataset", str(dataset_dir), "--out-dir", "run"]
-    assert main([*common, "--log-to", "tensorboard,mlflow", "--stop-at", "12"]) == 0  # saved at 10, stops at 12
-    assert main(["train", "--resume", "run", "--no-progress", "--sample-chars", "0"]) == 0  # the config's log_to
+    common = [*TRAIN, "--dataset", str(dataset_dir), "--out-dir", "run", "--keep-last", "5"]
+    assert main([*common, "--log-to", "tensorboard,mlflow", "--stop-at", "17"]) == 0
     run = workdir / "run"
+    # A kill -9 after step 15 was logged but before its checkpoint: latest.json still at step 10.
+    for step in (15, 17):
+        shutil.rmtree(run / "checkpoints" / f"step-{step:08d}")
+    (run / "latest.json").write_text(json.dumps({"checkpoint": "checkpoints/step-00000010", "step": 10}))
+    assert main(["train", "--resume", "run", "--no-progress", "--sample-chars", "0"]) == 0  # the config's log_to
     loss = metrics(run, "train", "loss")
-    assert [s for s, _ in loss] == [5, 10, 15, 20]  # metrics.jsonl: cut back to step 12, then on
+    assert [s for s, _ in loss] == [5, 10, 15, 20]  # metrics.jsonl: cut back to step 10, then on
 
-    # TensorBoard hides what the first part logged past the resumed step: one value per step.
+    # TensorBoard hides what the first part logged past the resumed step (15): one value per step.
     events = tensorboard(run)
     assert tb_scalars(events, "train/loss") == approx(loss)
     assert [s for s, _ in tb_scalars(events, "eval/val_loss")] == [0, 10, 20]
@@ -149,10 +154,9 @@ def test_a_resumed_run_continues_the_same_tracker_runs(workdir: Path, dataset_di
 
 
 def test_dpo_and_reward_runs_log_through_the_same_path(workdir: Path):
-    from test_rl import parity_pairs, tiny_chat_run
-
     from quillgpt.posttrain.dpo import DPOConfig, train_dpo
     from quillgpt.posttrain.reward import RewardConfig, train_reward_model
+    from test_rl import parity_pairs, tiny_chat_run
 
     pairs = str(parity_pairs(workdir / "pairs.jsonl", 100))
     config = DPOConfig(data=pairs, val_pairs=10, steps=4, batch_size=4, eval_interval=2, eval_questions=2,

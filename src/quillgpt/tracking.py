@@ -110,8 +110,9 @@ class TensorBoardTracker(Tracker):
 
     def start(self, run_dir: Path, hyperparams: dict[str, Any], start_step: int, ids: dict[str, Any]) -> None:
         tb = require("tensorboard")
-        # purge_step: TensorBoard hides events the earlier part of a resumed run logged past this step
-        self.writer = tb.SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+        # purge_step: TensorBoard hides the events an earlier part of a resumed run logged at this step
+        # or later; a run resumed at step S kept what it logged up to S (as metrics.jsonl does), so S + 1
+        self.writer = tb.SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
         flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
                 for k, v in flatten(hyperparams).items()}
         for summary in tb.summary.hparams(flat, {}):  # the HPARAMS tab (what add_hparams writes, in this run)
