@@ -52,8 +52,8 @@ TRAINING: dict[str, tuple[str, ...]] = {
 ACCEPTED: dict[tuple[str, str], tuple[str, ...]] = {
     **{(cmd, flag): values for cmd in ("train", "sft") for flag, values in TRAINING.items()},
     **{(cmd, "--seed"): SEED for cmd in ("train", "sft", "sample", "chat", "lesson", "seq2seq", "zoo", "rl", "dpo",
-                                         "reward train")},
-    **{(cmd, flag): SEED for cmd in ("train", "sft", "task eval", "rl", "dpo")
+                                         "reward train", "rft")},
+    **{(cmd, flag): SEED for cmd in ("train", "sft", "task eval", "rl", "dpo", "rft")
        for flag in ("--eval-seed", "--data-seed", "--chat-seed")},
     ("sample", "--max-new-tokens"): OFF + LONG,  # 0: print the prompt alone
     ("sample", "--temperature"): LONG,  # a flat distribution
@@ -87,6 +87,8 @@ ACCEPTED: dict[tuple[str, str], tuple[str, ...]] = {
     ("rl", "--unfinished-reward"): ANY_FINITE,  # any finite reward is a reward
     ("rl", "--grad-clip"): OFF + LONG,
     ("rl", "--eval-interval"): LONG,
+    ("rl", "--clip-high"): OFF,  # 0: the same as --clip
+    ("rl", "--dynamic-sampling"): OFF,  # 0: off
     **{(cmd, flag): OFF for cmd in ("dpo", "reward train") for flag in ("--worked", "--cross-style", "--slips")},
     ("dpo", "--steps"): LONG,
     ("dpo", "--lr"): LONG,
@@ -143,7 +145,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def argv_for(command: str, flag: str, value: str, runs: dict[str, Path], tmp: Path) -> list[str]:
     # task eval of a chat run is the path an outside review found raising a traceback for --n 0
     run = runs["task" if command == "calc" else
-               "chat" if command in ("task eval", "chat", "reward train", "rl", "dpo") else "text"]
+               "chat" if command in ("task eval", "chat", "reward train", "rl", "dpo", "rft") else "text"]
     # quill bench's flags each belong to one of its benchmarks
     bench = {"--vocab-size": "prepare", "--new-tokens": "sample", "--clients": "serve", "--requests": "serve",
              "--tokens-per-request": "serve", "--time-limit": "serve"}.get(flag, "train")

@@ -148,8 +148,11 @@ def _write_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Ten
     return final
 
 
-def mark_best(run_dir: Path, checkpoint: Path, step: int, val_loss: float) -> None:
-    atomic_write_json(run_dir / "best.json", {"step": step, "val_loss": val_loss,
+def mark_best(run_dir: Path, checkpoint: Path, step: int, val_loss: float | None = None, **scores: float) -> None:
+    """Point ``best.json`` at ``checkpoint``: the lowest val loss (training), or the score named in
+    ``scores`` (post-training keeps its best val exact match: ``val_accuracy``)."""
+    measured = {"val_loss": val_loss} if val_loss is not None else {}
+    atomic_write_json(run_dir / "best.json", {"step": step, **measured, **scores,
                                               "checkpoint": f"{CHECKPOINTS}/{checkpoint.name}"})
 
 

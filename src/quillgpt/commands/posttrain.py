@@ -5,6 +5,7 @@
     quill reward train RUN_DIR --data FILE|arithmetic  a Bradley-Terry reward model on preference pairs
     quill reward score RM_DIR --prompt P --response R  its score for one reply (or --data: pair accuracy)
     quill rl ppo|grpo RUN_DIR --reward model:RM_DIR|task:arithmetic
+    quill rft RUN_DIR                                  rejection-sampling finetuning: SFT on its own right replies
     quill dpo RUN_DIR --data FILE|arithmetic           direct preference optimization
 """
 
@@ -44,7 +45,8 @@ from quillgpt.posttrain.reward import (
     score_replies,
     train_reward_model,
 )
-from quillgpt.posttrain.rl import RLConfig, RLRun
+from quillgpt.posttrain.rft import RFTConfig, RFTRun, describe_rounds
+from quillgpt.posttrain.rl import GRPO_ONLY, RLConfig, RLRun
 from quillgpt.pretrained import init_model_config, load_init
 from quillgpt.sample import check_sampling, stream
 from quillgpt.tokenizers import StreamDecoder
@@ -166,6 +168,22 @@ def _print_outcome(summary: dict[str, Any], kl_what: str) -> None:
           f"{summary['seconds']:.0f} s")
 
 
+def _print_sampling(summary: dict[str, Any], config: RLConfig) -> None:
+    """How many of the drawn groups carried no signal (all rewards equal), and what was done about it."""
+    line = f"groups whose rewards were all equal: {100 * summary['all_equal']:.1f}% of those drawn"
+    if config.dynamic_sampling:
+        line += (f", dropped (dynamic sampling); {summary['short_steps']} steps trained on fewer than "
+                 f"{config.prompts_per_step} groups, {summary['skipped_steps']} had none")
+    print(line)
+
+
+def _print_best(summary: dict[str, Any], out_dir: str, unit: str, last: int) -> None:
+    """The val-chosen checkpoint, and how to score it on the test half."""
+    where = " (the start)" if summary["best_step"] == 0 else " (the last)" if summary["best_step"] == last else ""
+    print(f"best validation exact match {100 * summary['best_accuracy']:.2f}% at {unit} {summary['best_step']}{where}, "
+          f"kept as the best checkpoint; score it on the test half: quill task eval {out_dir} --checkpoint best")
+
+
 def cmd_reward_train(args: argparse.Namespace) -> int:
     config = _configured(args, RewardConfig, "reward", "rm")
     base = _chat_run(args.run_dir)
@@ -194,11 +212,13 @@ def cmd_reward_score(args: argparse.Namespace) -> int:
 def cmd_rl(args: argparse.Namespace) -> int:
     if args.algorithm == "ppo" and getattr(args, "rl.reward", None) is None:
         raise ConfigError("PPO needs a reward: --reward model:RM_DIR (quill reward train) or task:arithmetic")
-    if args.algorithm == "grpo":  # the parser has PPOConfig's flags (one parser for both): refuse PPO's own
-        given = [name for name in PPO_ONLY if getattr(args, f"rl.{name}", None) is not None]
-        if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise ConfigError(f"{flag} is a PPO setting (GRPO has no value model): drop it, or use quill rl ppo")
+    # The parser has PPOConfig's flags (one parser for both): each algorithm refuses the other's own.
+    others, why, instead = ((PPO_ONLY, "a PPO setting (GRPO has no value model)", "quill rl ppo")
+                            if args.algorithm == "grpo" else
+                            (GRPO_ONLY, "a GRPO setting (PPO's advantages come from its value model)", "quill rl grpo"))
+    given = [name for name in others if getattr(args, f"rl.{name}", None) is not None]
+    if given:
+        raise ConfigError(f"--{given[0].replace('_', '-')} is {why}: drop it, or use {instead}")
     config = _configured(args, PPOConfig if args.algorithm == "ppo" else RLConfig, "rl", args.algorithm)
     algorithm = PPO if args.algorithm == "ppo" else GRPO
     policy = _chat_run(args.run_dir)
@@ -210,7 +230,25 @@ def cmd_rl(args: argparse.Namespace) -> int:
     target = f", target {config.kl_target:g}" if config.kl_target > 0 else ""
     _print_outcome(summary, f"mean of the last 10 steps{target}; {summary['kl_held_out']:.3f} on validation questions")
     print(summary["final_report"])
+    _print_sampling(summary, config)
     print(f"saved {config.out_dir} (curves: {config.out_dir}/rl.png); next: quill chat {config.out_dir}")
+    _print_best(summary, config.out_dir, "step", config.steps)
+    return 0
+
+
+def cmd_rft(args: argparse.Namespace) -> int:
+    config = _configured(args, RFTConfig, "rft", "rft")
+    policy = _chat_run(args.run_dir)
+    policy.model.to(resolve_device(config.device))
+    print(f"rft from {policy.run_dir} ({policy.checkpoint.name}): {config.rounds} rounds of {config.questions} "
+          f"questions x {config.samples} samples, the right replies kept, {config.sft_steps} SFT steps each")
+    summary = RFTRun(policy, config, progress=not args.no_progress).train()
+    print(describe_rounds(summary))
+    print(f"validation exact match {100 * summary['start_accuracy']:.2f}% -> {100 * summary['accuracy']:.2f}% "
+          f"({summary['held_out']} questions); {summary['seconds']:.0f} s")
+    print(summary["final_report"])
+    print(f"saved {config.out_dir} (the kept replies: {config.out_dir}/rounds); next: quill chat {config.out_dir}")
+    _print_best(summary, config.out_dir, "round", config.rounds)
     return 0
 
 
@@ -237,7 +275,7 @@ def _from_run(parser: argparse.ArgumentParser, run_help: str) -> argparse.Argume
 
 
 def add_posttrain_commands(commands: argparse._SubParsersAction) -> None:
-    """Add ``sft``, ``chat``, ``reward``, ``rl`` and ``dpo`` to the ``quill`` subcommands."""
+    """Add ``sft``, ``chat``, ``reward``, ``rl``, ``rft`` and ``dpo`` to the ``quill`` subcommands."""
     sft = commands.add_parser("sft", help="finetune a trained run on conversations (loss on the replies only)")
     _from_run(sft, "the pretrained run to start from (its best checkpoint)")
     sft.add_argument("--data", default="arithmetic",
@@ -278,8 +316,14 @@ def add_posttrain_commands(commands: argparse._SubParsersAction) -> None:
     _from_run(rl, POLICY_RUN_HELP)
     rl.add_argument("--device", default="cpu")
     add_dataclass_flags(rl, PPOConfig, "rl", "RL config (defaults: RLConfig for grpo, PPOConfig for ppo; "
-                        "gamma, lam, vf-coef, value-clip, value-lr and center-scores are PPO's only)", frozenset())
+                        "gamma, lam, vf-coef, value-clip, value-lr and center-scores are PPO's only; "
+                        "scale-advantages, loss-type and dynamic-sampling GRPO's only)", frozenset())
     rl.set_defaults(func=cmd_rl)
+
+    rft = commands.add_parser("rft", help="rejection-sampling finetuning: sample, keep the right replies, SFT, repeat")
+    _from_run(rft, POLICY_RUN_HELP.replace(" (and the frozen reference)", ""))
+    add_dataclass_flags(rft, RFTConfig, "rft", "RFT config", frozenset())
+    rft.set_defaults(func=cmd_rft)
 
     dpo = commands.add_parser("dpo", help="direct preference optimization on preference pairs")
     _from_run(dpo, POLICY_RUN_HELP)

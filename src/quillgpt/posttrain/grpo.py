@@ -8,9 +8,10 @@ one minibatch the ratio is 1 and this is REINFORCE with a group baseline (nanoch
 
 Where this differs from DeepSeekMath's GRPO (eq. 3 and algorithm 1), and why:
 
-1. The loss is averaged over all reply tokens of the batch (token-level, as in DAPO and
-   nanochat), not over each reply's tokens and then over replies: a long reply counts per
-   token, so short wrong replies are not weighted up.
+1. By default the loss is averaged over all reply tokens of the batch (``loss_type=dapo``:
+   token-level, as in DAPO and nanochat), not over each reply's tokens and then over replies
+   (``loss_type=grpo``, the paper's): a long reply counts per token, so short wrong replies are
+   not weighted up. ``loss_type=dr_grpo`` divides the summed loss by a constant (Dr. GRPO).
 2. ``scale_advantages=False`` gives nanochat's ``r - mean``: no division by the group's std,
    which weights up the questions whose samples barely differ (nearly always or nearly never
    solved; Liu et al. 2025, "Dr. GRPO"). The default keeps the paper's ``(r - mean) / std``.
@@ -20,6 +21,10 @@ Where this differs from DeepSeekMath's GRPO (eq. 3 and algorithm 1), and why:
    keeps beta fixed. With ``kl_target=0`` (the default) beta is the fixed ``kl_coef``.
 5. The reward is outcome only (exact match, or a reward model's score of the whole reply); the
    paper's process supervision (a reward per reasoning step) is not implemented.
+
+From DAPO (Yu et al. 2025), off by default: ``clip_high`` (clip-higher, an upper ratio clip
+above the lower one) and ``dynamic_sampling`` (``rl.RLRun.samples``: groups whose rewards are all
+equal are dropped and more questions drawn, so every group of a step carries signal).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from torch import nn
 
 from quillgpt.posttrain.objectives import (
     AdaptiveKL,
+    aggregate_loss,
     clipped_policy_loss,
     group_advantages,
     kl_estimate,
@@ -58,6 +64,7 @@ class GRPO:
         c = self.config
         mask = batch.response_mask.float()
         advantages = group_advantages(scores, c.samples_per_prompt, c.scale_advantages).unsqueeze(1)
+        clip_high = c.clip_high or c.clip
         old_logp = sampled_logprobs(self.policy, batch.ids)
         ref_logp = sampled_logprobs(self.reference, batch.ids)
         self.policy.train()
@@ -66,9 +73,9 @@ class GRPO:
             for rows in minibatches(batch.ids.size(0), c.minibatches, self.generator):
                 logits = self.policy(batch.ids[rows])[0]
                 logp = token_logprobs(logits, batch.ids[rows])
-                per_token = (clipped_policy_loss(logp, old_logp[rows], advantages[rows], c.clip)
+                per_token = (clipped_policy_loss(logp, old_logp[rows], advantages[rows], c.clip, clip_high)
                              + self.kl.coef * kl_estimate(logp, ref_logp[rows]))
-                loss = masked_mean(per_token, mask[rows])
+                loss = aggregate_loss(per_token, mask[rows], c.loss_type, c.max_new_tokens)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.policy.parameters(), c.grad_clip)

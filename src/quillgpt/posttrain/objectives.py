@@ -49,14 +49,51 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     return centred.reshape(-1)
 
 
+def signal_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Which groups (the samples of one prompt, side by side) have rewards that differ: (groups,) bool.
+
+    A group whose rewards are all equal has zero advantage under any group baseline, so it teaches
+    the policy nothing; DAPO's dynamic sampling (Yu et al. 2025) drops such groups."""
+    groups = rewards.view(-1, group_size)
+    return (groups != groups[:, :1]).any(dim=1)
+
+
 def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                        clip: float) -> torch.Tensor:
+                        clip: float, clip_high: float | None = None) -> torch.Tensor:
     """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), per token, as a loss to minimize:
-    -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) with ratio = pi / pi_old."""
+    -min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A) with ratio = pi / pi_old.
+
+    ``clip_high`` (None: ``clip``) is DAPO's clip-higher (Yu et al. 2025, 0.28 against 0.2): a
+    token with a positive advantage may raise its probability further before the clip stops it,
+    so a rare right answer can grow; the lower bound, which limits how far a token falls, stays."""
+    high = clip if clip_high is None else clip_high
     ratio = torch.exp(logp - old_logp)
     unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + high) * advantages
     return -torch.minimum(unclipped, clipped)
+
+
+LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
+
+
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, max_tokens: int) -> torch.Tensor:
+    """One loss from per-token losses (rows: replies), named as TRL's ``loss_type``:
+
+    - ``dapo``: the mean over every reply token of the batch (token-level, DAPO): a long reply
+      counts per token, so short replies are not weighted up.
+    - ``grpo``: the mean over each reply's tokens, then over replies (DeepSeekMath, eq. 3): every
+      reply weighs the same, so each token of a short reply weighs more.
+    - ``dr_grpo``: the sum over tokens divided by replies x ``max_tokens``, a constant (Liu et al.
+      2025, Dr. GRPO): no length normalization at all.
+    """
+    m = mask.to(per_token.dtype)
+    if loss_type == "dapo":
+        return (per_token * m).sum() / m.sum().clamp(min=1)
+    if loss_type == "grpo":
+        return ((per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)).mean()
+    if loss_type == "dr_grpo":
+        return (per_token * m).sum() / (per_token.size(0) * max_tokens)
+    raise ValueError(f"unknown loss_type {loss_type!r}: use one of {', '.join(LOSS_TYPES)}")
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,

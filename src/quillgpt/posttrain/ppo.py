@@ -131,8 +131,8 @@ class PPO:
             for rows in minibatches(batch.ids.size(0), c.minibatches, self.generator):
                 logits = self.policy(batch.ids[rows])[0]
                 logp = token_logprobs(logits, batch.ids[rows])
-                policy_loss = masked_mean(clipped_policy_loss(logp, old_logp[rows], advantages[rows], c.clip),
-                                          mask[rows])
+                policy_loss = masked_mean(clipped_policy_loss(logp, old_logp[rows], advantages[rows], c.clip,
+                                                              c.clip_high or c.clip), mask[rows])
                 values = self.value.values(batch.ids[rows])[:, :-1]
                 value_loss = masked_mean(clipped_value_loss(values, old_values[rows], returns[rows], c.value_clip),
                                          mask[rows])
@@ -145,7 +145,8 @@ class PPO:
                 self.value_optimizer.step()
                 ent.append(float(masked_mean(entropy(logits.detach()), mask[rows])))
                 ratio = torch.exp(logp.detach() - old_logp[rows])
-                clipped.append(float(masked_mean(((ratio - 1).abs() > c.clip).float(), mask[rows])))
+                outside = (ratio < 1 - c.clip) | (ratio > 1 + (c.clip_high or c.clip))
+                clipped.append(float(masked_mean(outside.float(), mask[rows])))
         self.schedule.step()
         kl = kl_per_reply(old_logp, ref_logp, mask)
         coef = self.kl.coef

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from quillgpt.chat import end_id, prompt_ids, require_chat_format
-from quillgpt.checkpoint import LoadedRun, write_checkpoint, write_run_files
+from quillgpt.checkpoint import LoadedRun, mark_best, write_checkpoint, write_run_files
 from quillgpt.config import (
     MAX_BLOCK_SIZE,
     MAX_DIGITS,
@@ -41,13 +41,17 @@ from quillgpt.errors import ConfigError
 from quillgpt.fsutil import atomic_write, atomic_write_json
 from quillgpt.metrics import MetricsLog
 from quillgpt.posttrain.chat_eval import ChatReport, answer_all
-from quillgpt.posttrain.objectives import kl_per_reply
+from quillgpt.posttrain.objectives import LOSS_TYPES, kl_per_reply, signal_groups
 from quillgpt.posttrain.reward import load_reward_model
 from quillgpt.posttrain.rollout import Rollout, RolloutBatch, sample_replies, sampled_logprobs
 from quillgpt.tasks.questions import Question, exact_match, fresh_questions, questions
 from quillgpt.tokenizers import Tokenizer
 
 RewardFn = Callable[[list[Question], list[Rollout]], torch.Tensor]
+MAX_DRAWS = 100  # --dynamic-sampling: extra draws per step at most (each of at most prompts_per_step questions)
+MAX_CLIP_HIGH = 10.0
+# The fields only GRPO reads: quill rl ppo refuses them (PPO's advantages come from its value model).
+GRPO_ONLY = ("scale_advantages", "loss_type", "dynamic_sampling")
 
 
 @dataclass
@@ -70,10 +74,15 @@ class RLConfig:
     epochs: int = 1  # passes over each batch of rollouts
     minibatches: int = 1  # optimizer steps per pass
     clip: float = 0.2  # PPO's ratio clip (both algorithms use it)
+    clip_high: float = 0.0  # the upper ratio clip (DAPO's clip-higher: 0.28); 0: the same as clip
     kl_coef: float = 0.02  # beta: weight of the KL penalty to the reference
     kl_target: float = 0.0  # > 0: adapt kl_coef so the KL per reply tracks this (Ziegler et al. 2019)
     kl_horizon: float = 10_000.0
-    scale_advantages: bool = True  # GRPO: divide by the group's std (False: nanochat's r - mean)
+    scale_advantages: bool = True  # GRPO: divide by the group's std (False: nanochat's r - mean, Dr. GRPO)
+    loss_type: str = "dapo"  # GRPO: dapo (token mean over the batch), grpo (per reply, then mean), dr_grpo
+    # GRPO: DAPO's dynamic sampling: drop the groups whose rewards are all equal (zero advantage) and draw
+    # up to this many more batches of questions per step to fill prompts_per_step; 0: off
+    dynamic_sampling: int = 0
     unfinished_reward: float = -1.0  # model reward: a reply that never ends gets this, not a score
     grad_clip: float = 1.0
     eval_interval: int = 25
@@ -93,6 +102,10 @@ class RLConfig:
         self._check_bounds()
         if self.kl_coef < 0 or self.kl_target < 0 or not 0 < self.clip < 1:
             raise ConfigError("kl_coef and kl_target must be >= 0 and clip in (0, 1)")
+        if self.loss_type not in LOSS_TYPES:
+            raise ConfigError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
+        if self.dynamic_sampling and self.samples_per_prompt < 2:
+            raise ConfigError("dynamic_sampling needs samples_per_prompt >= 2 (a group of one is always all-equal)")
         if not (self.reward == "task:arithmetic" or self.reward.startswith("model:")):
             raise ConfigError(f"unknown reward {self.reward!r}: use task:arithmetic or model:RM_DIR")
         if (self.prompts_per_step * self.samples_per_prompt) % self.minibatches:
@@ -104,12 +117,63 @@ class RLConfig:
                            ("max_new_tokens", MAX_BLOCK_SIZE), ("epochs", 1000), ("minibatches", MAX_WIDTH),
                            ("eval_questions", MAX_EXAMPLES)):
             check_range(self, name, high=high)
-        for name in ("top_k", "warmup", "kl_coef", "kl_target", "grad_clip"):
+        for name in ("top_k", "warmup", "kl_coef", "kl_target", "grad_clip", "dynamic_sampling"):
             check_range(self, name, low=0)
+        check_range(self, "dynamic_sampling", high=MAX_DRAWS)
+        check_range(self, "clip_high", low=0, high=MAX_CLIP_HIGH)
         for name in ("lr", "temperature", "kl_horizon"):
             check_range(self, name, above=0)
         check_range(self, "unfinished_reward")
         check_seeds(self, "eval_seed", "seed")
+
+
+@dataclass
+class StepSamples:
+    """The groups of replies one step trains on (the samples of a question side by side), scored,
+    and how many groups were drawn to find them (more than trained on under dynamic sampling)."""
+
+    asked: list[Question]
+    rollouts: list[Rollout]
+    scores: torch.Tensor
+    drawn: int  # groups drawn this step
+    all_equal: int  # of them, the groups whose rewards were all equal
+    draws: int = 1  # sampling rounds this step took
+
+    def groups(self, size: int) -> int:
+        return len(self.asked) // size
+
+    def with_signal(self, size: int) -> StepSamples:
+        """Only the groups whose rewards differ (the counts of what was drawn stay)."""
+        keep = signal_groups(self.scores, size).repeat_interleave(size)
+        rows = keep.nonzero().flatten().tolist()
+        return dataclasses.replace(self, asked=[self.asked[i] for i in rows], rollouts=[self.rollouts[i] for i in rows],
+                                   scores=self.scores[keep])
+
+    def extend(self, more: StepSamples) -> StepSamples:
+        return StepSamples(self.asked + more.asked, self.rollouts + more.rollouts,
+                           torch.cat([self.scores, more.scores]), self.drawn + more.drawn,
+                           self.all_equal + more.all_equal, self.draws + more.draws)
+
+    def first_groups(self, count: int, size: int) -> StepSamples:
+        n = count * size
+        return dataclasses.replace(self, asked=self.asked[:n], rollouts=self.rollouts[:n], scores=self.scores[:n])
+
+
+@dataclass
+class BestSoFar:
+    """The policy at its best val exact match so far (a CPU copy of its weights); a tie keeps the
+    earlier step, so a run that never beats its start keeps the start (step 0)."""
+
+    step: int = -1
+    accuracy: float = -1.0
+    state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, step: int, accuracy: float, model: nn.Module) -> bool:
+        if accuracy <= self.accuracy:
+            return False
+        self.step, self.accuracy = step, accuracy
+        self.state = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
+        return True
 
 
 class Algorithm(Protocol):
@@ -188,14 +252,38 @@ class RLRun:
     def evaluate(self) -> ChatReport:
         return ChatReport(answer_all(self.policy, self.tokenizer, self.held_out))
 
-    def rollouts(self) -> tuple[list[Question], list[Rollout]]:
+    def draw(self, count: int) -> StepSamples:
+        """``count`` fresh train-split questions, a group of ``samples_per_prompt`` replies to each, scored."""
         c = self.config
-        asked = [q for q in fresh_questions(self.rng, c.ops, c.digits, c.prompts_per_step)
+        asked = [q for q in fresh_questions(self.rng, c.ops, c.digits, count)
                  for _ in range(c.samples_per_prompt)]  # a group of samples per question, side by side
         prompts = [prompt_ids(self.tokenizer, q.messages()) for q in asked]
         rollouts = sample_replies(self.policy, prompts, c.max_new_tokens, end_id(self.tokenizer), c.temperature,
                                   c.top_k or None, generator=self.generator)
-        return asked, rollouts
+        scores = self.reward(asked, rollouts)
+        equal = int((~signal_groups(scores, c.samples_per_prompt)).sum())
+        return StepSamples(asked, rollouts, scores, drawn=count, all_equal=equal)
+
+    def samples(self) -> StepSamples:
+        """The step's groups: one draw of ``prompts_per_step`` questions or, with dynamic sampling,
+        only the groups whose rewards differ, drawing again (at most ``dynamic_sampling`` times)
+        until there are ``prompts_per_step`` of them. When the bound is hit the step trains on the
+        groups it has, fewer than asked; with none at all, it skips the update."""
+        c = self.config
+        first = self.draw(c.prompts_per_step)
+        if not c.dynamic_sampling:
+            return first
+        kept = first.with_signal(c.samples_per_prompt)
+        for _ in range(c.dynamic_sampling):
+            missing = c.prompts_per_step - kept.groups(c.samples_per_prompt)
+            if missing <= 0:
+                break
+            # Ask for as many questions as the signal rate so far says will fill the gap, one batch at most.
+            useful = kept.drawn - kept.all_equal
+            expected = -(-missing * kept.drawn // useful) if useful else c.prompts_per_step  # ceiling division
+            more = self.draw(min(c.prompts_per_step, expected))
+            kept = kept.extend(more.with_signal(c.samples_per_prompt))
+        return kept.first_groups(c.prompts_per_step, c.samples_per_prompt)
 
     def train(self) -> dict[str, Any]:
         """Train, with the trackers of --log-to fed from the metrics log; returns the summary."""
@@ -210,51 +298,77 @@ class RLRun:
 
     def _train(self) -> dict[str, Any]:
         tic = time.perf_counter()
+        best = BestSoFar()
         start = self.evaluate()
         history = [_eval_record(0, start)]
+        best.offer(0, start.accuracy, self.policy)
         self.log.append({"kind": "eval", **history[0]})
         bar = tqdm(range(1, self.config.steps + 1), desc=f"rl {self.algorithm.name}", disable=not self.progress,
                    leave=False)
         for step in bar:
-            asked, rollouts = self.rollouts()
-            scores = self.reward(asked, rollouts)
-            batch = RolloutBatch.from_rollouts(rollouts, end_id(self.tokenizer), self.device)
-            stats = self.algorithm.update(batch, scores.to(self.device))
-            record = {"kind": "train", "step": step, "reward": float(scores.mean()),
-                      "correct": float((scores if self.reward is self.exact_match
-                                        else self.exact_match(asked, rollouts)).mean()),
-                      "length": sum(len(r.response) for r in rollouts) / len(rollouts),
-                      "seconds": time.perf_counter() - tic, **stats}
+            record = self.train_step(step, tic)
             self.log.append(record)
             if step % self.config.eval_interval == 0 or step == self.config.steps:
                 report = self.evaluate()
                 history.append(_eval_record(step, report))
+                best.offer(step, report.accuracy, self.policy)
                 self.log.append({"kind": "eval", **history[-1]})
-            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{stats['kl']:.3f}",
-                            acc=f"{history[-1]['accuracy']:.3f}")
+            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record.get('kl', float('nan')):.3f}",
+                            drop=f"{record['dropped']:.2f}", acc=f"{history[-1]['accuracy']:.3f}")
+        records = self.log.read()
         summary = {"algorithm": self.algorithm.name, "steps": self.config.steps,
                    "seconds": time.perf_counter() - tic, "start_accuracy": history[0]["accuracy"],
                    "accuracy": history[-1]["accuracy"], "format": history[-1]["format"],
-                   "kl": _mean_last(self.log.read(), "kl"), "reward": _mean_last(self.log.read(), "reward"),
+                   "best_step": best.step, "best_accuracy": best.accuracy,
+                   "kl": _mean_last(records, "kl"), "reward": _mean_last(records, "reward"),
+                   **_sampling_summary(records, self.config.prompts_per_step),
                    "held_out": len(self.held_out), "final_report": report.format("held-out"),
                    "kl_held_out": measure_kl(self.policy, self.reference, self.tokenizer, self.held_out[:200],
                                              self.generator, self.config.max_new_tokens)}
-        self.save(summary)
+        self.save(summary, best)
         return summary
 
-    def save(self, summary: dict[str, Any]) -> None:
+    def train_step(self, step: int, tic: float) -> dict[str, Any]:
+        """Sample, score and (when any group has signal) update once; returns the step's metrics record."""
+        c = self.config
+        samples = self.samples()
+        record: dict[str, Any] = {"kind": "train", "step": step, "groups": samples.groups(c.samples_per_prompt),
+                                  "draws": samples.draws, "all_equal": samples.all_equal / samples.drawn,
+                                  "dropped": samples.all_equal / samples.drawn if c.dynamic_sampling else 0.0}
+        if not samples.rollouts:  # dynamic sampling found no group with signal within its bound
+            return {**record, "reward": float("nan"), "correct": float("nan"), "skipped": True,
+                    "seconds": time.perf_counter() - tic}
+        asked, rollouts, scores = samples.asked, samples.rollouts, samples.scores
+        batch = RolloutBatch.from_rollouts(rollouts, end_id(self.tokenizer), self.device)
+        stats = self.algorithm.update(batch, scores.to(self.device))
+        correct = scores if self.reward is self.exact_match else self.exact_match(asked, rollouts)
+        return {**record, "reward": float(scores.mean()), "correct": float(correct.mean()),
+                "length": sum(len(r.response) for r in rollouts) / len(rollouts),
+                "seconds": time.perf_counter() - tic, **stats}
+
+    def save(self, summary: dict[str, Any], best: BestSoFar | None = None) -> None:
         save_policy(self.run_dir, self.run, self.policy, "rl.json",
-                    {"config": dataclasses.asdict(self.config), "summary": summary}, f"rl:{self.config.reward}")
+                    {"config": dataclasses.asdict(self.config), "summary": summary}, f"rl:{self.config.reward}",
+                    best)
         plot_rl(self.log.read(), self.run_dir / "rl.png", f"{self.algorithm.name} from {self.run.run_dir.name}",
                 self.config.kl_target)
 
 
 def save_policy(run_dir: Path, base: LoadedRun, policy: nn.Module, info_name: str, info: dict[str, Any],
-                dataset: str) -> None:
-    """Save a post-trained policy as a normal run (config, tokenizer, checkpoint) plus ``info_name``."""
+                dataset: str, best: BestSoFar | None = None) -> None:
+    """Save a post-trained policy as a normal run (config, tokenizer, checkpoint) plus ``info_name``.
+
+    The last step's weights are the latest checkpoint; with ``best``, the best val step's weights
+    are a checkpoint too (the same one when it is the last) and ``best.json`` points at it, so
+    ``--checkpoint best`` (and ``--init-from``, which prefers best) takes the step val chose."""
     steps = int(info["summary"]["steps"])
     write_run_files(run_dir, base.config, base.tokenizer, {"dataset": dataset, "from": str(base.run_dir)})
-    write_checkpoint(run_dir, steps, policy.state_dict())
+    kept = None
+    if best is not None and best.state is not None and best.step != steps:
+        kept = write_checkpoint(run_dir, best.step, best.state)
+    last = write_checkpoint(run_dir, steps, policy.state_dict())  # after the best: latest.json is the last step
+    if best is not None and best.state is not None:
+        mark_best(run_dir, kept or last, best.step, val_accuracy=best.accuracy)
     atomic_write_json(run_dir / info_name, {**info, "from": str(base.run_dir)})
 
 
@@ -274,8 +388,18 @@ def _eval_record(step: int, report: ChatReport) -> dict[str, Any]:
     return {"step": step, "accuracy": report.accuracy, "format": report.format_rate, "worked": report.worked_rate}
 
 
+def _sampling_summary(records: list[dict[str, Any]], wanted: int) -> dict[str, Any]:
+    """Over the run: the mean share of drawn groups whose rewards were all equal, the mean share
+    dropped (dynamic sampling), the steps that trained on fewer groups than asked, and those skipped."""
+    train = [r for r in records if r.get("kind") == "train"]
+    return {"all_equal": sum(r["all_equal"] for r in train) / max(1, len(train)),
+            "dropped": sum(r["dropped"] for r in train) / max(1, len(train)),
+            "short_steps": sum(1 for r in train if 0 < r["groups"] < wanted),
+            "skipped_steps": sum(1 for r in train if r.get("skipped"))}
+
+
 def _mean_last(records: list[dict[str, Any]], key: str, n: int = 10) -> float:
-    values = [r[key] for r in records if r.get("kind") == "train" and key in r][-n:]
+    values = [r[key] for r in records if r.get("kind") == "train" and key in r and not r.get("skipped")][-n:]
     return sum(values) / max(1, len(values))
 
 
