@@ -8,6 +8,7 @@ network. One test trains a real run with `quill train` (a few seconds).
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -259,9 +260,90 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path: Path, capsys: pytest.Ca
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.parametrize(("fmt", "name"), [("hf", "hf"), ("gguf", "m.gguf")])
+def test_a_killed_exports_temp_output_is_cleaned_up_and_a_live_ones_kept(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str, name: str) -> None:
+    run = make_run(tmp_path / "run", ModelConfig(block_size=8, n_layer=1, n_head=1, n_embd=8,
+                                                 activation="gelu_tanh"), char_tokenizer())
+    dead, live = exited_pid(), subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (dead, live.pid):  # a folder (hf) or a file (gguf), as each export stages it
+            stale = tmp_path / f".{name}.tmp-{pid}"
+            if fmt == "hf":
+                stale.mkdir()
+                stale = stale / "model.safetensors"
+            stale.write_bytes(b"half written")
+        (tmp_path / f".{name}.tmp-notapid").mkdir()  # not an export's name: none of ours
+        assert export(run, tmp_path / name, capsys, fmt)[0] == 0
+    finally:
+        live.kill()
+        live.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".{name}.tmp-{live.pid}", f".{name}.tmp-notapid",
+                                                                 name, "run"])
+
+
+def exited_pid() -> int:
+    """The PID of a process that has ended (what a killed export leaves in its temp name)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout)
+
+
+def test_the_logit_check_compares_every_logit_in_bounded_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No tensor the check makes holds a window's logits; a change at the last position or token is seen."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from quillgpt.export import hf
+
+    class Biggest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    Biggest.numel = max(Biggest.numel, t.numel())
+            return out
+
+    block, vocab = 48, 3000  # a window's logits: 144,000 numbers
+    model = randomize(GPT(ModelConfig(block_size=block, n_layer=1, n_head=2, n_embd=16, dropout=0.0,
+                                      activation="gelu_tanh", vocab_size=vocab)))
+    reference, _, _, _ = hf.build_hf_model(model, False, CharTokenizer([chr(i) for i in range(32, 32 + vocab)]))
+    monkeypatch.setattr(hf, "LOGIT_SLICE", 1000)
+    with Biggest():
+        assert hf.logit_difference(model, reference) < 1e-4
+    assert Biggest.numel <= block * vocab // 8  # before: (2, 48, 3000) logits, twice
+    with torch.no_grad():
+        reference.transformer.wpe.weight[block - 1, 0] += 0.5  # only the last position's logits change
+    assert hf.logit_difference(model, reference) > 1e-3
+    with torch.no_grad():
+        reference.transformer.wpe.weight[block - 1, 0] -= 0.5
+        reference.lm_head.weight[vocab - 1, 0] += 0.5  # only the last token's logit changes
+    assert hf.logit_difference(model, reference) > 1e-3
+
+
+@pytest.mark.parametrize(("out", "problem"), [
+    ("exists.gguf", "already exists"),
+    ("adir", "does not end in .gguf"),
+    ("adir.gguf", "is a folder"),
+    ("afile/m.gguf", "cannot write --out"),
+])
+def test_gguf_checks_out_before_loading_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], out: str,
+                                                problem: str) -> None:
+    (tmp_path / "exists.gguf").write_text("mine")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "adir.gguf").mkdir()
+    (tmp_path / "afile").write_text("not a folder")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    # No run there at all: the --out problem must be what is reported, found before any loading.
+    code, output = export(tmp_path / "no-such-run", tmp_path / out, capsys, "gguf")
+    assert code == 2 and problem in one_error_line(output) and "--out" in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 # ---------------------------------------------------------------------------------------
-# GGUF (llama.cpp, Ollama): read back with gguf's own reader. llama-cpp-python has no wheel
-# for this platform on the package index, so no test runs the file in llama.cpp itself.
+# GGUF (llama.cpp, Ollama): read back with gguf's own reader here; tests/test_llama_cpp.py
+# runs the files in llama.cpp's own llama-simple.
 # ---------------------------------------------------------------------------------------
 
 
@@ -340,3 +422,32 @@ def test_gguf_refuses_what_llama_cpp_does_not_compute(tmp_path: Path, capsys: py
     code, output = export(run, tmp_path / "m.gguf", capsys, "gguf")
     assert code == 2 and feature in one_error_line(output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_gguf_char_vocabulary_spells_every_character_in_bytes_with_merges_that_rebuild_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Non-ASCII characters (2, 3 and 4 UTF-8 bytes), a newline and a space go in as byte-level tokens."""
+    tokenizer = CharTokenizer.from_text(TEXT + "café €5 ₹9 𝄞\n")
+    run = make_run(tmp_path / "run", ModelConfig(block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0,
+                                                 activation="gelu_tanh"), tokenizer)
+    code, output = export(run, tmp_path / "m.gguf", capsys, "gguf")
+    assert code == 0, output
+    _, fields = read_gguf(tmp_path / "m.gguf")
+    tokens, merges = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.merges"]
+    byte_of = {symbol: b for b, symbol in byte_alphabet().items()}
+    # detokenizing (symbols -> bytes -> UTF-8) gives each character back at quill's id
+    assert [bytes(byte_of[s] for s in token).decode() for token in tokens] == tokenizer.chars
+    assert tokens[tokenizer.stoi["\n"]] == "Ċ" and tokens[tokenizer.stoi[" "]] == "Ġ"
+    # tokenizing: the merges join each character's byte symbols into its token, and nothing more
+    ranks = {tuple(m.split(" ")): i for i, m in enumerate(merges)}
+    for ch in tokenizer.chars:
+        symbols = [byte_alphabet()[b] for b in ch.encode()]
+        while len(symbols) > 1 and (symbols[0], symbols[1]) in ranks:
+            symbols[:2] = [symbols[0] + symbols[1]]
+        assert symbols == [tokens[tokenizer.stoi[ch]]], ch
+    assert len(merges) == 1 + 2 + 1 + 3  # é; €; ₹ shares €'s first; 𝄞
+    # an ASCII vocabulary still carries the merges key llama.cpp requires (one that never applies)
+    run = make_run(tmp_path / "ascii", ModelConfig(block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0,
+                                                   activation="gelu_tanh"), char_tokenizer())
+    assert export(run, tmp_path / "ascii.gguf", capsys, "gguf")[0] == 0
+    assert len(read_gguf(tmp_path / "ascii.gguf")[1]["tokenizer.ggml.merges"]) == 1

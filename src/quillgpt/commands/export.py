@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from quillgpt.checkpoint import load_run
-from quillgpt.export import check_out_dir, require, staged_dir
+from quillgpt.export import check_out_dir, check_out_file, require, staged_dir
 from quillgpt.export.card import model_card
 from quillgpt.export.gguf import export_gguf
 from quillgpt.export.hf import export_hf
@@ -60,6 +60,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     start = time.perf_counter()
     if args.format == "gguf":
+        check_out_file(out, ".gguf")  # before loading anything
         require("gguf")
         run = load_run(args.run_dir, which=args.checkpoint)
         result = export_gguf(run, out)

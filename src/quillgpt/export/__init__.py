@@ -42,6 +42,54 @@ def check_out_dir(out: Path) -> None:
         raise ConfigError(f"--out {out} already exists and is not empty: choose a new folder or remove it")
 
 
+def check_out_file(out: Path, suffix: str) -> None:
+    """Refuse an ``--out`` file that could not be written, before the run is loaded (seconds for a big one)."""
+    out = Path(out)
+    if out.suffix.lower() != suffix:
+        raise ConfigError(f"--out {out} does not end in {suffix}: name the file, e.g. {out.with_suffix(suffix)}")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder: name a new file, e.g. {out / ('model' + suffix)}")
+    if out.exists() or out.is_symlink():
+        raise ConfigError(f"--out {out} already exists: choose a new file name or remove it")
+    place = out.parent  # the folder it goes in, or the nearest one that exists (made at write time)
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
+        why = "is not a folder" if not place.is_dir() else "is not writable"
+        raise ConfigError(f"cannot write --out {out}: {place} {why}: choose a place you can write to")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Delete the ``.NAME.tmp-PID`` files and folders a killed export or import left next to ``out``.
+
+    Only those whose process is gone: a live one may be another export writing right now. (A
+    recycled PID keeps a stale one until that process ends: harmless, just not cleaned yet.)
+    """
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there, not probe it
+        return
+    prefix = f".{out.name}.tmp-"
+    if not out.parent.is_dir():
+        return
+    for path in out.parent.iterdir():
+        pid = path.name[len(prefix):] if path.name.startswith(prefix) else ""
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 @contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
     """A temp folder next to ``out`` to write into; renamed to ``out`` only if the block succeeds.
@@ -54,7 +102,7 @@ def staged_dir(out: Path) -> Iterator[Path]:
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     with unwritable_is_one_line(out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_stale_temps(out)  # ours (a PID reused) and those of killed runs
         tmp.mkdir()
     try:
         with unwritable_is_one_line(out):
@@ -85,4 +133,5 @@ def staged_file(out: Path) -> Path:
         raise ConfigError(f"--out {out} already exists: choose a new file name or remove it")
     with unwritable_is_one_line(out):
         out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
     return out.parent / f".{out.name}.tmp-{os.getpid()}"

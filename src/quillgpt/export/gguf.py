@@ -12,8 +12,10 @@ llama.cpp's ``gpt2`` and ``llama`` graphs (tensor names as in gguf.constants.TEN
   needs one, and llama.cpp's converter undoes it).
 
 Tokenizer: llama.cpp's "gpt2" (byte-level BPE) model with quill's tokens, merges and special
-tokens as control tokens; a char vocabulary goes in as byte-level tokens with no merges,
-which is exact only when every character is one byte (ASCII). SFT runs carry the chat template.
+tokens as control tokens; a char vocabulary goes in the same way, each character spelled in
+byte-level symbols, with the merges that put a multi-byte character back together (see
+``char_vocabulary``). SFT runs carry the chat template. tests/test_llama_cpp.py runs the files
+in llama.cpp's own ``llama-simple``.
 """
 
 from __future__ import annotations
@@ -94,6 +96,39 @@ def gguf_tensors(run: LoadedRun, arch: str) -> dict[str, np.ndarray]:
     return {name: t.contiguous().numpy().astype(np.float32) for name, t in out.items()}
 
 
+def char_vocabulary(chars: list[str]) -> tuple[list[str], list[str]]:
+    """A char vocabulary as llama.cpp byte-level BPE tokens and merges that give quill's ids back.
+
+    Why byte-level BPE ("gpt2") and not llama.cpp's SentencePiece model ("llama"): SPM turns
+    spaces into U+2581, which a vocabulary may hold as a character of its own, and a character
+    it cannot find goes to byte tokens that a char vocabulary lacks. Byte-level BPE is a
+    bijection between bytes and symbols, so any character set, spaces and newlines included,
+    survives it: llama.cpp spells the text in byte symbols (GPT-2's table, ``byte_alphabet``),
+    applies the merges inside each pre-tokenized word and looks the results up; decoding maps
+    the symbols back to bytes. Each character's token is its UTF-8 bytes spelled so, and the
+    merges join a multi-byte character's bytes left to right (``é``: ``Ã ©``). A merge's right
+    part is always a UTF-8 continuation byte and its left part starts with a lead byte, so no
+    merge ever joins two characters, and the order of the merges does not matter.
+    """
+    alphabet = byte_alphabet()
+    tokens, merges = [], []
+    for ch in chars:
+        try:
+            symbols = [alphabet[b] for b in ch.encode("utf-8")]
+        except UnicodeEncodeError:
+            raise ConfigError(f"character {ch!r} of the vocabulary has no UTF-8 form (a lone surrogate): "
+                              "GGUF stores text as UTF-8; prepare the data from valid UTF-8 text") from None
+        tokens.append("".join(symbols))
+        merges += ["".join(symbols[:i]) + " " + symbols[i] for i in range(1, len(symbols))]
+    merges = list(dict.fromkeys(merges))  # é and è share no merge, but € and ₹ share their first
+    if not merges:
+        # An ASCII vocabulary needs none, yet llama.cpp refuses a gpt2 tokenizer without the merges
+        # key ("cannot find tokenizer merges") and gguf's writer refuses an empty array. This one
+        # never applies: its left part is two continuation bytes, which no merge builds.
+        merges = [alphabet[0x80] * 2 + " " + alphabet[0x80]]
+    return tokens, merges
+
+
 def gguf_vocabulary(tokenizer: Tokenizer) -> tuple[list[str], list[int], list[str]]:
     """Tokens (byte-level strings), their types and the merges, for llama.cpp's gpt2 tokenizer."""
     specials = {token_id: name for name, token_id in tokenizer.special_ids.items()}
@@ -104,13 +139,8 @@ def gguf_vocabulary(tokenizer: Tokenizer) -> tuple[list[str], list[int], list[st
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     else:
         assert isinstance(tokenizer, CharTokenizer)
-        wide = [ch for ch in tokenizer.chars if ord(ch) > 0x7F]
-        if wide:
-            raise ConfigError(f"character {wide[0]!r} takes more than one byte in UTF-8: llama.cpp's byte-level "
-                              "tokenizer would split it; GGUF takes char vocabularies of ASCII characters only")
-        alphabet = byte_alphabet()
-        tokens = [alphabet[ord(ch)] for ch in tokenizer.chars] + list(tokenizer.specials)
-        merges = []
+        tokens, merges = char_vocabulary(tokenizer.chars)
+        tokens += list(tokenizer.specials)
     types = [TOKEN_CONTROL if i in specials else TOKEN_NORMAL for i in range(len(tokens))]
     return tokens, types, merges
 
