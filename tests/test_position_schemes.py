@@ -3,6 +3,7 @@ hand-computed ids, training-only offsets, packing, cached decoding, and tests at
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from quillgpt.tasks.arithmetic import (
 from quillgpt.tasks.dataset import ArithmeticDataset
 from quillgpt.tasks.exact_match import placed_stream
 from quillgpt.tasks.position_schemes import position_ids, shifted
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def model(position: str, attention: str = "fused", block_size: int = 64) -> torch.nn.Module:
@@ -201,3 +204,18 @@ def test_task_eval_past_the_trained_length_and_calc(tmp_path: Path, capsys: pyte
     assert capsys.readouterr().err.strip() == (f"quill: error: --digits 10 needs a context of 33 tokens, but {run} "
                                                "has block_size 32: evaluate at most --digits 9, or train with a "
                                                "larger --block-size")
+
+
+def test_the_benchmark_script_writes_its_table_and_plot_at_a_tiny_size(tmp_path: Path) -> None:
+    """benchmarks/length_generalization.py end to end with --tiny: 3 positions x 1 seed (seconds each), 1..3N."""
+    spec = importlib.util.spec_from_file_location("length_generalization", BENCHMARKS / "length_generalization.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--tiny", "--seeds", "5", "--n", "4", "--work", str(tmp_path / "runs"), "--results", str(tmp_path)])
+    rows = json.loads((tmp_path / "length_generalization.json").read_text())["rows"]
+    assert [(r["position"], r["seed"]) for r in rows] == [("learned", 5), ("abacus", 5), ("coupled", 5)]
+    assert all(list(r["exact_match"]) == ["1", "2", "3", "4", "5", "6"] for r in rows)  # trained on 2: up to 6
+    assert rows[0]["model"]["position"] == "learned" and rows[-1]["model"]["position"] == "coupled"
+    lines = (tmp_path / "length_generalization.md").read_text().splitlines()
+    assert lines[0] == "| run | seed | wall s | 1 | 2 | 3 | 4 | 5 | 6 |" and len(lines) == 2 + 3
+    assert (tmp_path / "length_generalization.png").read_bytes()[:4] == b"\x89PNG"

@@ -447,6 +447,21 @@ def _arithmetic(task: str, fmt: str, digits: int, train_examples: int, block_siz
     )
 
 
+def _add_long() -> RunConfig:
+    # Length generalization (issue 27): train on operands of 1..10 digits, test at up to 30
+    # (benchmarks/length_generalization.py). Position coupling (Cho et al. 2024) gives digits of
+    # equal significance one id, so the ids a 30-digit problem needs were trained through the random
+    # offsets. block_size 96 fits a 30-digit sum (3 x 30 + 3 inputs) and is the id table's size.
+    # Sizes: the niced trial on the shared 2-core machine (load ~10) ran 8.9 s a step, too noisy to size
+    # with; the add3-reversed rate in RESULTS (0.16 s/step, 256 x ~16 tokens, idle machine) scaled
+    # to ~2,400 packed tokens a step gives ~0.2 s, so 5,000 steps; max_minutes stops it at 27 on a
+    # slower machine (the later timed run checks this).
+    config = _arithmetic("add", "reversed", 10, 0, 96, 4, 5000, 128, pack=True)
+    config.model.position = "coupled"
+    config.train.eval_interval, config.train.max_minutes = 500, 27.0
+    return config
+
+
 def _sft() -> RunConfig:
     # Finetuning a pretrained model on conversations (quill sft): the model comes from the run
     # being finetuned; a lower learning rate than pretraining, one conversation per row.
@@ -472,6 +487,8 @@ PRESETS = {"bigram": _bigram, "seed-gpt": _seed_gpt, "seed-fast": _seed_fast, "c
            # + - * / on operands up to 3 digits, chain of thought, fresh problems every batch; packed:
            # the same 128 problems a step in ~1/3 of the tokens (one per row, 2/3 of them were padding)
            "calc3": lambda: _arithmetic("calc", "scratchpad", 3, 0, 96, 6, 4000, 128, "bfloat16", pack=True),
+           # 1..10-digit addition that carries past 10 digits: position coupling (benchmarks/length_generalization.py)
+           "add-long": _add_long,
            "sft": _sft,  # quill sft's defaults: generated arithmetic questions in a chat
            }
 

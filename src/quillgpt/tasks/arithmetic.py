@@ -465,17 +465,22 @@ def scheme_position_ids(x: torch.Tensor, positions: torch.Tensor | None, scheme:
     ``generator`` (training) each problem's ids get a random offset that keeps them below ``rows``,
     the model's table size; without one (evaluation) the offset is 0.
     """
-    out = torch.zeros_like(x, device="cpu")
-    starts = (positions == 0).cpu() if positions is not None else None
+    starts = (positions == 0).tolist() if positions is not None else None
+    rows_ids: list[list[int]] = []  # offset 0, the problems of each row one after another
+    spans: list[tuple[int, int, int]] = []  # (row, begin, end) of every problem
     for r, row in enumerate(x.tolist()):
         text = "".join(ALPHABET[i] for i in row)
-        bounds = [0] if starts is None else starts[r].nonzero().flatten().tolist()
+        bounds = [0] if starts is None else [t for t, start in enumerate(starts[r]) if start]
+        ids: list[int] = []
         for begin, end in zip(bounds, [*bounds[1:], len(row)], strict=True):
-            ids = position_ids(text[begin:end], scheme)
-            offset = 0 if generator is None else int(torch.randint(offset_room(ids, rows) + 1, (1,),
-                                                                   generator=generator))
-            out[r, begin:end] = torch.tensor(shifted(ids, offset))
-    return out.to(x.device)
+            ids += position_ids(text[begin:end], scheme)
+            spans.append((r, begin, end))
+        rows_ids.append(ids)
+    if generator is not None:  # one draw for the batch: a uniform offset in 0..room for each problem
+        for (r, begin, end), u in zip(spans, torch.rand(len(spans), generator=generator).tolist(), strict=True):
+            own = rows_ids[r][begin:end]
+            rows_ids[r][begin:end] = shifted(own, int(u * (offset_room(own, rows) + 1)))
+    return torch.tensor(rows_ids, dtype=torch.long, device=x.device)
 
 
 class ProblemBatches(SeededSampler):
