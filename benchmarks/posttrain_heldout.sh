@@ -69,8 +69,10 @@ if stage test; then  # the test half, once per chosen model, after every choice 
   # Two draws of it, both reported: eval seed 1000 (the protocol's), and eval seed 4242, which shares
   # no more problems with the draw the settings were once tuned on (the old split's seed-1000 draw:
   # 36 of its problems) than chance, where seed 1000 shares 154 (RESULTS, issue 17.11).
-  # Each run's last checkpoint is scored: the RL/DPO runs save only that, and sftc1's best val
-  # checkpoint is its last; sft3d-2 and sftw3 were continued from their best (RESULTS says which).
+  # Each run's last checkpoint is scored, as in the recorded results: DPO saves only that, and sftc1's
+  # best val checkpoint is its last; sft3d-2 and sftw3 were continued from their best (RESULTS says
+  # which). The RL runs now also keep their best val step (--checkpoint best); this recipe still
+  # scores their last until a rerun chooses otherwise.
   for run in sft sft3d-2 sftw2 sftw3 sftc1 grpo-columns ppo-cross dpo; do
     [ -d "$RUNS/$run" ] || continue
     for seed in 1000 4242; do

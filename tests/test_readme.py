@@ -63,6 +63,8 @@ SCALE = [
     Rule(r"^quill rl\b", "1 step of 2 questions x 2 samples",
          append="--steps 1 --prompts-per-step 2 --samples-per-prompt 2 --minibatches 1 --eval-interval 1 "
                 "--eval-questions 10 --no-progress"),
+    Rule(r"^quill rft\b", "1 round of 4 questions x 2 samples, 2 SFT steps",
+         append="--rounds 1 --questions 4 --samples 2 --sft-steps 2 --batch-size 4 --eval-questions 10 --no-progress"),
     Rule(r"^quill dpo\b", "2 steps", append="--steps 2 --batch-size 4 --val-pairs 20 --eval-interval 1 "
                                             "--eval-questions 10 --no-progress"),
     Rule(r"^quill calc\b", "a 3-step model may answer wrong: exit 1 is calc saying so", codes=(0, 1)),

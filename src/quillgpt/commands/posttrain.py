@@ -240,7 +240,8 @@ def cmd_rft(args: argparse.Namespace) -> int:
     config = _configured(args, RFTConfig, "rft", "rft")
     policy = _chat_run(args.run_dir)
     policy.model.to(resolve_device(config.device))
-    print(f"rft from {policy.run_dir} ({policy.checkpoint.name}): {config.rounds} rounds of {config.questions} "
+    rounds = f"{config.rounds} round{'s' if config.rounds != 1 else ''}"
+    print(f"rft from {policy.run_dir} ({policy.checkpoint.name}): {rounds} of {config.questions} "
           f"questions x {config.samples} samples, the right replies kept, {config.sft_steps} SFT steps each")
     summary = RFTRun(policy, config, progress=not args.no_progress).train()
     print(describe_rounds(summary))

@@ -67,7 +67,7 @@ class RFTConfig:
     eval_questions: int = 500
     eval_seed: int = 1000  # draws the val questions (the val half; the test half is for quill task eval)
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda, mps or auto
     out_dir: str = ""
 
     def validate(self) -> None:
@@ -121,7 +121,7 @@ class RFTRun:
         config.validate()
         self.start, self.config, self.progress = start, config, progress
         self.tokenizer = start.tokenizer
-        self.device = torch.device(config.device)
+        self.device = next(start.model.parameters()).device  # where the command put it (--device)
         self.checker = checker or task_reward(self.tokenizer)  # exact match of a finished reply: 1, else 0
         self.rng = random.Random(config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
@@ -148,7 +148,7 @@ class RFTRun:
             "train": {"out_dir": str(round_dir), "max_iters": c.sft_steps, "batch_size": c.batch_size, "lr": c.lr,
                       "min_lr": c.lr / 10, "warmup_iters": min(50, c.sft_steps // 10), "eval_interval": c.sft_steps,
                       "eval_iters": 2, "eval_first": False, "log_interval": max(1, c.sft_steps // 4),
-                      "seed": seed, "device": c.device},
+                      "seed": seed, "device": self.device.type},
             "chat": {"chat_data": str(data), "chat_val": 1}})
         config.model = dataclasses.replace(current.config.model)
         config.validate()

@@ -313,7 +313,8 @@ class RLRun:
                 history.append(_eval_record(step, report))
                 best.offer(step, report.accuracy, self.policy)
                 self.log.append({"kind": "eval", **history[-1]})
-            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record.get('kl', float('nan')):.3f}",
+            nan = float("nan")  # a skipped step has no reward and no KL
+            bar.set_postfix(reward=f"{record.get('reward', nan):.3f}", kl=f"{record.get('kl', nan):.3f}",
                             drop=f"{record['dropped']:.2f}", acc=f"{history[-1]['accuracy']:.3f}")
         records = self.log.read()
         summary = {"algorithm": self.algorithm.name, "steps": self.config.steps,
@@ -336,8 +337,7 @@ class RLRun:
                                   "draws": samples.draws, "all_equal": samples.all_equal / samples.drawn,
                                   "dropped": samples.all_equal / samples.drawn if c.dynamic_sampling else 0.0}
         if not samples.rollouts:  # dynamic sampling found no group with signal within its bound
-            return {**record, "reward": float("nan"), "correct": float("nan"), "skipped": True,
-                    "seconds": time.perf_counter() - tic}
+            return {**record, "skipped": True, "seconds": time.perf_counter() - tic}  # no reward: none was trained on
         asked, rollouts, scores = samples.asked, samples.rollouts, samples.scores
         batch = RolloutBatch.from_rollouts(rollouts, end_id(self.tokenizer), self.device)
         stats = self.algorithm.update(batch, scores.to(self.device))
