@@ -41,7 +41,8 @@ class LiveServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        settings = app.state.server.connections.uvicorn_settings()  # as quill serve runs it
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **settings))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:

@@ -294,7 +294,7 @@ def test_cli_errors_and_all_interfaces(tmp_path: Path, capsys: pytest.CaptureFix
     assert is_all_interfaces("0.0.0.0") and is_all_interfaces("::") and not is_all_interfaces("127.0.0.1")
     assert main(["bench", "serve"]) == 2
     bound = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: bound.update(host=host, port=port))
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level, **_: bound.update(host=host, port=port))
     monkeypatch.setenv("QUILL_API_KEY", "s3cret")  # all interfaces: a key is required (tests/test_serve_cli.py)
     assert main(["serve", str(chat_run), "--host", "0.0.0.0", "--port", "8123"]) == 0
     assert bound == {"host": "0.0.0.0", "port": 8123}

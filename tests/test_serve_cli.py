@@ -21,7 +21,8 @@ def served(monkeypatch: pytest.MonkeyPatch) -> dict:
     """uvicorn.run replaced: what it would have served, and where."""
     monkeypatch.delenv("QUILL_API_KEY", raising=False)
     seen: dict = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: seen.update(app=app, host=host, port=port))
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level, **settings:
+                        seen.update(app=app, host=host, port=port, settings=settings))
     return seen
 
 
@@ -39,6 +40,8 @@ NUMERIC_FLAGS = {  # flag: values it must refuse
     "--max-batch": ["0", "-3", "10000000", "1e3"],
     "--max-queue": ["0", "-1", "10000000000", "many"],
     "--max-tokens-cap": ["0", "-1", "1000000000", "nan"],
+    "--max-connections": ["0", "-1", "1000000", "lots"],
+    "--request-timeout": ["0", "-1", "0.01", "nan", "inf", "5s"],
 }
 
 
@@ -78,6 +81,12 @@ def test_good_numeric_values_are_taken(run_dir: Path, served: dict) -> None:
     assert exit_code(argv) == 0
     options = served["app"].state.server.options
     assert (served["port"], options.max_batch, options.max_queue, options.max_tokens_cap) == (8123, 4, 9, 77)
+    guard = served["settings"]["http"].guard  # the connection bounds uvicorn runs with: the defaults here
+    assert (guard.max_connections, guard.request_timeout_s) == (128, 5.0)
+    assert exit_code(["serve", str(run_dir), "--max-connections", "7", "--request-timeout", "0.5"]) == 0
+    guard = served["settings"]["http"].guard
+    assert (guard.max_connections, guard.request_timeout_s) == (7, 0.5) and served["settings"]["ws"] == "none"
+    assert guard is served["app"].state.server.connections  # the one /health reports
 
 
 def test_api_key_from_environment_or_file(run_dir: Path, served: dict, tmp_path: Path,

@@ -3,7 +3,9 @@ and /health stays fast while the most expensive allowed request runs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 
 from quillgpt.serve.app import Choice, ServeOptions, create_app
 from quillgpt.serve.loading import load_serving_run
+from quillgpt.serve.requests import FAST_PARSE_VALUES, parse_json, value_bound
 from quillgpt.tokenizers import CharTokenizer, StreamDecoder
 from serve_support import CHARS, LiveServer, error_of, make_run
 
@@ -268,3 +271,61 @@ def test_health_stays_fast_while_a_worst_case_request_runs(run_dir: Path) -> Non
             "stream": True})
         assert status == 200 and len(latencies) >= 5
         assert max(latencies) < 0.2, sorted(latencies)[-3:]
+
+
+# ---------------------------------------------------------------------------------------
+# Big bodies: the size limit before the body is read, the parse off the event loop
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_body_limit_holds_before_the_body_is_read(live: LiveServer) -> None:
+    head = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{}\r\n\r\n"
+    chunked = head.format("Transfer-Encoding: chunked").encode() + b"%x\r\n%s\r\n" % (560_000, b" " * 560_000) * 2
+    for sent in (head.format("Content-Length: 50000000").encode(), chunked):  # a huge size declared; 1.1 MB sent
+        with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+            sock.sendall(sent)  # and never the rest of the body
+            answer = sock.recv(65536)
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):  # the JSON error, whole
+                answer += sock.recv(65536) or b"}"
+        assert answer.startswith(b"HTTP/1.1 413 ") and b"request_too_large" in answer, answer[:200]
+
+
+def test_parse_json_matches_json_loads_on_either_path() -> None:
+    many = [list(range(5000)), {"a": [1.5, "é", None, True, {"b": []}]}]  # past FAST_PARSE_VALUES
+    for value in many + [{"model": "tiny"}]:
+        body = json.dumps(value).encode()
+        assert asyncio.run(parse_json(body)) == json.loads(body)
+    pad = b" [" + b"0," * FAST_PARSE_VALUES + b"0]"
+    for bad in (b"[" * 100_000 + b"]" * 100_000, b"[NaN, " + b"9" * 5000 + pad + b"]", b'["\xff",' + pad + b"]",
+                b"[1, 2" + pad, b"[" + pad + b"] x"):
+        assert value_bound(bad) > FAST_PARSE_VALUES
+        with pytest.raises((ValueError, RecursionError)) as slow:
+            asyncio.run(parse_json(bad))
+        with pytest.raises((ValueError, RecursionError)) as fast:
+            json.loads(bad)
+        assert type(slow.value) is type(fast.value)
+
+
+def test_health_answers_while_a_body_of_many_values_is_parsed(run_dir: Path) -> None:
+    # ~1 MB of empty lists: json.loads holds the GIL for all of it (~0.1-0.3 s), in a thread too.
+    body = json.dumps({"model": "tiny", "prompt": "a", "max_tokens": 1, "junk": [[]] * 330_000}, separators=(",", ":"))
+    assert len(body) < ServeOptions().max_body_bytes
+    with LiveServer(create_app(load_serving_run(run_dir))) as live:
+        outcome: list[object] = []
+        sender = threading.Thread(target=lambda: outcome.append(post(live, body, timeout=60).status_code), daemon=True)
+        answered, latencies = 0, []
+        with httpx.Client(timeout=30) as client:
+            client.get(live.url + "/health")  # connected
+            start = time.perf_counter()
+            sender.start()
+            while sender.is_alive():
+                tic = time.perf_counter()
+                assert client.get(live.url + "/health").status_code == 200
+                latencies.append(time.perf_counter() - tic)
+                answered += sender.is_alive()  # answered while the big request was still in the server
+        in_flight = time.perf_counter() - start
+        sender.join()
+        assert outcome == [200]
+        # Parsed on the loop (or by json.loads in a thread) the parse is nearly all of the request, and
+        # /health waits through it: one wait near the request's whole time, a few answers before and after.
+        assert answered >= 10 and max(latencies) < in_flight / 2, (answered, in_flight, sorted(latencies)[-3:])

@@ -1,6 +1,7 @@
 """``quill serve`` and ``quill bench serve``.
 
     quill serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--api-key-file PATH]   server + playground at /
+                        [--max-connections 128] [--request-timeout 5]     connection bounds (serve/connections.py)
 
 (``quill bench serve``, the load test, is in commands/bench.py with the other benchmarks.)
 
@@ -74,7 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     run = load_serving_run(args.run_dir, args.checkpoint, args.device)
     options = ServeOptions(api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
                            max_tokens_cap=args.max_tokens_cap, model_name=args.model_name, bind_host=args.host,
-                           allowed_hosts=tuple(args.allowed_host))
+                           allowed_hosts=tuple(args.allowed_host), max_connections=args.max_connections,
+                           request_timeout_s=args.request_timeout)
     app = create_app(run, options)
     if not is_loopback(args.host):
         print(f"quill: warning: listening on {args.host}, reachable from other machines"
@@ -82,7 +84,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "header of localhost, --host or an --allowed-host NAME", file=sys.stderr)
     print(f"serving {app.state.server.name} ({run.tokenizer.describe()}, step {run.step}) at "
           f"http://{args.host}:{args.port}/  (OpenAI API under /v1)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                **app.state.server.connections.uvicorn_settings())
     return 0
 
 
@@ -108,6 +111,11 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
                        help="sequences waiting for a slot before requests get 503 (default 128)")
     serve.add_argument("--max-tokens-cap", type=bounded(int, 1, 1_000_000), default=1024,
                        help="the largest max_tokens allowed")
+    serve.add_argument("--max-connections", type=bounded(int, 1, 100_000), default=128,
+                       help="connections served at once; a request on one more gets 503 at once (default 128)")
+    serve.add_argument("--request-timeout", type=bounded(float, 0.05, 3600), default=5.0, metavar="SECONDS",
+                       help="time a connection has to send a whole request (line, headers, body), from "
+                            "connecting or its previous answer; then it is closed (default 5)")
     serve.add_argument("--model-name", default=None, help="the model id clients use (default: the run's folder name)")
     serve.add_argument("--threads", type=bounded(int, 1, 1024), default=None,
                        help="torch CPU threads (default: torch's choice)")

@@ -19,13 +19,17 @@ tokenizer, scheduler and limits) on ``request.app.state.server``, checks its req
 it to ``Server.respond`` (completions: a JSON answer or an event stream, built in that one
 place) or ``Server.inspect``. ``create_app`` only assembles the app; the scheduler's worker
 starts and stops with the app's lifespan. ``serve.choices`` turns a sequence's tokens into a
-choice's text and the answer's JSON/event shapes; ``serve.hosts`` checks the Host header.
+choice's text and the answer's JSON/event shapes; ``serve.hosts`` checks the Host header;
+``serve.connections`` bounds the connections and the time to send a request (uvicorn's protocol:
+a connection past ``max_connections`` gets 503 before the app sees it).
 
 Every field is bounded in what it costs, so one request cannot stall the event loop (and so
 ``/health`` and every other client): at most 4 stop strings of at most ``max_stop_chars``
 characters, matched in time linear in the text; ``n`` and ``max_tokens`` capped; prompts
 × n at most ``max_queue``; a prompt longer than the context could hold is refused before it
-is tokenized, and tokenizing runs in a thread; ``/v1/inspect`` waits in the scheduler's queue.
+is tokenized, and tokenizing runs in a thread; a body of many JSON values is parsed in a thread
+by a scanner that lets the loop run (``requests.parse_json``); ``/v1/inspect`` waits in the
+scheduler's queue.
 
 Browsers: JSON endpoints take only ``Content-Type: application/json`` (so a cross-site page
 cannot send a "simple" POST), no CORS headers are sent, and the Host header must name this
@@ -62,6 +66,7 @@ from quillgpt.checkpoint import LoadedRun
 from quillgpt.errors import QuillError
 from quillgpt.models.introspect import inspect, top_alternatives
 from quillgpt.serve.choices import Choice, chunk, sse, whole_choice
+from quillgpt.serve.connections import ConnectionGuard
 from quillgpt.serve.hosts import HostCheck, allowed_hosts
 from quillgpt.serve.requests import (
     APIError,
@@ -105,10 +110,13 @@ class Server:
     name: str
     created: int = field(default_factory=lambda: int(time.time()))
     max_token_bytes: int = field(init=False)  # the longest token's UTF-8 bytes
+    connections: ConnectionGuard = field(init=False)  # its uvicorn_settings() go to uvicorn.run
 
     def __post_init__(self) -> None:
         t = self.run.tokenizer
         self.max_token_bytes = max(4, *(len(t.token_bytes(i)) for i in range(t.vocab_size)))
+        o = self.options
+        self.connections = ConnectionGuard(o.max_connections, o.request_timeout_s, o.retry_after_s)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -194,7 +202,7 @@ class Server:
         s = self.scheduler.stats
         return {"status": "ok", "model": self.name, "active": self.scheduler.active,
                 "waiting": self.scheduler.waiting, "tokens_generated": s.tokens_generated, "decode_steps": s.steps,
-                "prefills": s.prefills, "max_batch_seen": s.max_batch_seen}
+                "prefills": s.prefills, "max_batch_seen": s.max_batch_seen, "connections": self.connections.stats()}
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "quillgpt"}

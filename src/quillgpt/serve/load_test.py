@@ -173,7 +173,8 @@ def bench_serve(spec: BenchSpec, progress: Callable[[str], None] = lambda line: 
     base_url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "quillgpt", "serve", spec.run_dir, "--port", str(port),
                "--checkpoint", spec.checkpoint, "--max-batch", str(spec.clients),
-               "--max-queue", str(max(128, 2 * spec.clients)), "--max-tokens-cap", str(max(1024, spec.max_tokens))]
+               "--max-queue", str(max(128, 2 * spec.clients)), "--max-tokens-cap", str(max(1024, spec.max_tokens)),
+               "--max-connections", str(max(128, spec.clients + 8))]  # every client's connection, and /health
     tic = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
