@@ -48,13 +48,13 @@ class Recorder:
         return {"kl": 0.0}
 
 
-def parity_reward(drawn: list[tuple[int, int]]):
+def parity_reward(drawn: list[tuple[int, int, float]]):
     """All samples of a question with an even first operand score 1 (an all-equal group); the others
-    alternate 0, 1 within the group. Records (groups, all-equal groups) of every call."""
+    alternate 0, 1 within the group. Records (groups, all-equal groups, summed reward) of every call."""
     def score(asked, rollouts):
         values = [1.0 if q.problem.a % 2 == 0 else float(i % 2) for i, q in enumerate(asked)]
         evens = len({i // 2 for i, q in enumerate(asked) if q.problem.a % 2 == 0})
-        drawn.append((len(asked) // 2, evens))
+        drawn.append((len(asked) // 2, evens, sum(values)))
         return torch.tensor(values)
     return score
 
@@ -67,7 +67,7 @@ def small_rl(tmp_path: Path, **fields) -> RLConfig:
 
 
 def test_dynamic_sampling_trains_only_groups_with_signal_and_logs_the_dropped_share(tmp_path: Path):
-    drawn: list[tuple[int, int]] = []
+    drawn: list[tuple[int, int, float]] = []
     rl = RLRun(tiny_chat_run(tmp_path), small_rl(tmp_path, dynamic_sampling=6), Recorder, progress=False,
                reward=parity_reward(drawn))
     rl.evaluate = lambda: report_with(0.5)  # (val answers are not what this test is about: it saves the time)
@@ -79,23 +79,25 @@ def test_dynamic_sampling_trains_only_groups_with_signal_and_logs_the_dropped_sh
     calls = iter(drawn)
     for record in train:  # the share dropped is what the reward saw, draw by draw
         step = [next(calls) for _ in range(record["draws"])]
-        groups, equal = sum(g for g, _ in step), sum(e for _, e in step)
+        groups, equal = sum(g for g, _, _ in step), sum(e for _, e, _ in step)
         assert record["groups"] == 4 and record["dropped"] == pytest.approx(equal / groups)
         assert record["all_equal"] == record["dropped"]
+        # the logged reward is every drawn reply's, the dropped ones' too (not the 0.5 of the kept groups)
+        assert record["reward"] == pytest.approx(sum(r for _, _, r in step) / (2 * groups))
     assert next(calls, None) is None
-    assert sum(e for _, e in drawn) > 0  # the test drew some all-equal groups to drop
+    assert sum(e for _, e, _ in drawn) > 0  # the test drew some all-equal groups to drop
     assert summary["dropped"] == pytest.approx(sum(r["dropped"] for r in train) / 3)
     assert summary["skipped_steps"] == summary["short_steps"] == 0
 
 
 def test_without_dynamic_sampling_every_group_is_trained_and_the_all_equal_share_still_logged(tmp_path: Path):
-    drawn: list[tuple[int, int]] = []
+    drawn: list[tuple[int, int, float]] = []
     rl = RLRun(tiny_chat_run(tmp_path), small_rl(tmp_path), Recorder, progress=False, reward=parity_reward(drawn))
     rl.evaluate = lambda: report_with(0.5)
     rl.train()
     train = [r for r in rl.log.read() if r["kind"] == "train"]
     assert [s.numel() for s in rl.algorithm.calls] == [8, 8, 8]
-    assert [r["all_equal"] for r in train] == pytest.approx([e / g for g, e in drawn])
+    assert [r["all_equal"] for r in train] == pytest.approx([e / g for g, e, _ in drawn])
     assert all(r["dropped"] == 0.0 and r["draws"] == 1 for r in train)
 
 

@@ -137,6 +137,9 @@ class StepSamples:
     scores: torch.Tensor
     drawn: int  # groups drawn this step
     all_equal: int  # of them, the groups whose rewards were all equal
+    reward_sum: float  # over every reply drawn (kept or not), so the logged means are not biased by the drops
+    correct_sum: float
+    replies: int
     draws: int = 1  # sampling rounds this step took
 
     def groups(self, size: int) -> int:
@@ -152,7 +155,9 @@ class StepSamples:
     def extend(self, more: StepSamples) -> StepSamples:
         return StepSamples(self.asked + more.asked, self.rollouts + more.rollouts,
                            torch.cat([self.scores, more.scores]), self.drawn + more.drawn,
-                           self.all_equal + more.all_equal, self.draws + more.draws)
+                           self.all_equal + more.all_equal, self.reward_sum + more.reward_sum,
+                           self.correct_sum + more.correct_sum, self.replies + more.replies,
+                           self.draws + more.draws)
 
     def first_groups(self, count: int, size: int) -> StepSamples:
         n = count * size
@@ -261,8 +266,10 @@ class RLRun:
         rollouts = sample_replies(self.policy, prompts, c.max_new_tokens, end_id(self.tokenizer), c.temperature,
                                   c.top_k or None, generator=self.generator)
         scores = self.reward(asked, rollouts)
+        correct = scores if self.reward is self.exact_match else self.exact_match(asked, rollouts)
         equal = int((~signal_groups(scores, c.samples_per_prompt)).sum())
-        return StepSamples(asked, rollouts, scores, drawn=count, all_equal=equal)
+        return StepSamples(asked, rollouts, scores, drawn=count, all_equal=equal, reward_sum=float(scores.sum()),
+                           correct_sum=float(correct.sum()), replies=len(rollouts))
 
     def samples(self) -> StepSamples:
         """The step's groups: one draw of ``prompts_per_step`` questions or, with dynamic sampling,
@@ -313,8 +320,7 @@ class RLRun:
                 history.append(_eval_record(step, report))
                 best.offer(step, report.accuracy, self.policy)
                 self.log.append({"kind": "eval", **history[-1]})
-            nan = float("nan")  # a skipped step has no reward and no KL
-            bar.set_postfix(reward=f"{record.get('reward', nan):.3f}", kl=f"{record.get('kl', nan):.3f}",
+            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record.get('kl', float('nan')):.3f}",
                             drop=f"{record['dropped']:.2f}", acc=f"{history[-1]['accuracy']:.3f}")
         records = self.log.read()
         summary = {"algorithm": self.algorithm.name, "steps": self.config.steps,
@@ -333,17 +339,18 @@ class RLRun:
         """Sample, score and (when any group has signal) update once; returns the step's metrics record."""
         c = self.config
         samples = self.samples()
+        # reward and correct: means over every reply drawn, the dropped groups' too (what the policy does)
         record: dict[str, Any] = {"kind": "train", "step": step, "groups": samples.groups(c.samples_per_prompt),
                                   "draws": samples.draws, "all_equal": samples.all_equal / samples.drawn,
-                                  "dropped": samples.all_equal / samples.drawn if c.dynamic_sampling else 0.0}
+                                  "dropped": samples.all_equal / samples.drawn if c.dynamic_sampling else 0.0,
+                                  "reward": samples.reward_sum / samples.replies,
+                                  "correct": samples.correct_sum / samples.replies}
         if not samples.rollouts:  # dynamic sampling found no group with signal within its bound
-            return {**record, "skipped": True, "seconds": time.perf_counter() - tic}  # no reward: none was trained on
-        asked, rollouts, scores = samples.asked, samples.rollouts, samples.scores
+            return {**record, "skipped": True, "seconds": time.perf_counter() - tic}
+        rollouts = samples.rollouts
         batch = RolloutBatch.from_rollouts(rollouts, end_id(self.tokenizer), self.device)
-        stats = self.algorithm.update(batch, scores.to(self.device))
-        correct = scores if self.reward is self.exact_match else self.exact_match(asked, rollouts)
-        return {**record, "reward": float(scores.mean()), "correct": float(correct.mean()),
-                "length": sum(len(r.response) for r in rollouts) / len(rollouts),
+        stats = self.algorithm.update(batch, samples.scores.to(self.device))
+        return {**record, "length": sum(len(r.response) for r in rollouts) / len(rollouts),
                 "seconds": time.perf_counter() - tic, **stats}
 
     def save(self, summary: dict[str, Any], best: BestSoFar | None = None) -> None:
@@ -399,7 +406,7 @@ def _sampling_summary(records: list[dict[str, Any]], wanted: int) -> dict[str, A
 
 
 def _mean_last(records: list[dict[str, Any]], key: str, n: int = 10) -> float:
-    values = [r[key] for r in records if r.get("kind") == "train" and key in r and not r.get("skipped")][-n:]
+    values = [r[key] for r in records if r.get("kind") == "train" and key in r][-n:]
     return sum(values) / max(1, len(values))
 
 
