@@ -7,6 +7,8 @@
     quill sample RUN_DIR --prompt "ROMEO:"      stream a sample
     quill eval RUN_DIR [--text FILE]            loss, bits per character and per byte
     quill info RUN_DIR                          parameters, config, last losses
+    quill runs [DIR], quill compare RUN...      a table of runs; their curves in one PNG (--out cmp.png)
+    quill report RUN_DIR                        report.md for a run and every run it started from
     quill train --preset add3-reversed          teach a GPT 3-digit addition (also mul2-scratchpad, calc3)
     quill task eval RUN_DIR --n 2000            greedy exact-match accuracy on held-out problems
     quill calc RUN_DIR "123*45" --show-work     ask it one problem
@@ -34,6 +36,7 @@ from quillgpt.commands.bench import add_bench_command
 from quillgpt.commands.common import EXIT_USAGE, OneLineParser
 from quillgpt.commands.export import add_export_commands
 from quillgpt.commands.lessons import add_lesson_commands
+from quillgpt.commands.notebook import add_notebook_commands
 from quillgpt.commands.posttrain import add_posttrain_commands
 from quillgpt.commands.runs import add_info_command, add_run_commands, add_sample_command
 from quillgpt.commands.serve import add_serve_command
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_zoo_command(commands)
     add_export_commands(commands)
     add_info_command(commands)
+    add_notebook_commands(commands)  # runs, compare, report
     return parser
 
 

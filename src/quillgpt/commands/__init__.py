@@ -4,6 +4,7 @@
     training.py   run_training: config -> run directory, data, Trainer, summary (quill train and sft)
     train.py      quill train
     runs.py       quill prepare, sample, eval, info
+    notebook.py   quill runs, compare, report
     bench.py      quill bench train|sample|prepare|serve
     tasks.py      quill task eval, quill calc
     lessons.py    quill lesson, attention, seq2seq
