@@ -9,7 +9,7 @@
 #   -> column addition written out (sftc1) -> GRPO (exact match) | reward model | PPO | DPO
 #
 #   benchmarks/posttrain_heldout.sh      (about 50 minutes on 2 cores; runs go to runs/heldout/)
-# STAGES="..." runs a subset. Logs, metrics and the test scores: benchmarks/results/posttrain/heldout-*.
+# STAGES="..." runs a subset. Logs, metrics, test scores, report card: benchmarks/results/posttrain/heldout-*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUILL="${QUILL:-.venv/bin/quill}"
@@ -80,4 +80,8 @@ if stage test; then  # the test half, once per chosen model, after every choice 
       echo "$run seed $seed: $(cat "$OUT/heldout-$run-test$seed.json")"
     done
   done
+  # The report card of the last run, PPO: every stage from the pretraining down (the reward model too),
+  # each with its config digest, data, steps, wall, val numbers and val/test exact match; the machine.
+  "$QUILL" report "$RUNS/ppo-cross" --n 500 --out "$OUT/heldout-report.md"
+  echo "report card: $OUT/heldout-report.md"
 fi

@@ -52,8 +52,8 @@ def rejected(calls: list[list[str]]) -> list[str]:
 
 
 @pytest.mark.parametrize(("script", "stages", "expected"), [
-    # 13 training commands, then 8 runs x 2 test draws
-    ("posttrain_heldout.sh", "base sft2 sft3 sftw sftc post test", 13 + 16),
+    # 13 training commands, then 8 runs x 2 test draws, then the report card
+    ("posttrain_heldout.sh", "base sft2 sft3 sftw sftc post test", 13 + 16 + 1),
     # 7 training commands, then 4 runs x 2 eval commands
     ("posttrain.sh", "base sft rm grpo ppo dpo eval", 7 + 8),
     # every stage but eval, which also runs rl_diagnostics.py on the (here empty) runs

@@ -67,6 +67,7 @@ SCALE = [
          append="--rounds 1 --questions 4 --samples 2 --sft-steps 2 --batch-size 4 --eval-questions 10 --no-progress"),
     Rule(r"^quill dpo\b", "2 steps", append="--steps 2 --batch-size 4 --val-pairs 20 --eval-interval 1 "
                                             "--eval-questions 10 --no-progress"),
+    Rule(r"^quill report\b", "20 held-out questions per half for each stage instead of 200", append="--n 20"),
     Rule(r"^quill calc\b", "a 3-step model may answer wrong: exit 1 is calc saying so", codes=(0, 1)),
     Rule(r"^quill bench train\b", "1 step per variant; compiling seed-gpt takes minutes on 2 cores, so the "
                                   "compiled row runs eagerly here", append="--steps 1 --warmup 0 --batch-size 1",
