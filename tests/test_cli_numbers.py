@@ -55,6 +55,9 @@ ACCEPTED: dict[tuple[str, str], tuple[str, ...]] = {
                                          "reward train", "rft")},
     **{(cmd, flag): SEED for cmd in ("train", "sft", "task eval", "rl", "dpo", "rft")
        for flag in ("--eval-seed", "--data-seed", "--chat-seed")},
+    ("task eval", "--temperature"): LONG,  # pass@k at a flat distribution: valid, only unwise
+    ("task eval", "--sample-seed"): SEED,
+    ("report", "--n"): OFF,  # 0: the card without held-out scoring
     ("sample", "--max-new-tokens"): OFF + LONG,  # 0: print the prompt alone
     ("sample", "--temperature"): LONG,  # a flat distribution
     ("sample", "--top-k"): LONG,  # more than the vocabulary: all of it
@@ -145,11 +148,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def argv_for(command: str, flag: str, value: str, runs: dict[str, Path], tmp: Path) -> list[str]:
     # task eval of a chat run is the path an outside review found raising a traceback for --n 0
     run = runs["task" if command == "calc" else
-               "chat" if command in ("task eval", "chat", "reward train", "rl", "dpo", "rft") else "text"]
+               "chat" if command in ("task eval", "chat", "reward train", "rl", "dpo", "rft", "report") else "text"]
     # quill bench's flags each belong to one of its benchmarks
     bench = {"--vocab-size": "prepare", "--new-tokens": "sample", "--clients": "serve", "--requests": "serve",
              "--tokens-per-request": "serve", "--time-limit": "serve"}.get(flag, "train")
-    fill = {"run_dir": str(run), "rm_dir": str(run), "what": bench, "lesson": "bigram", "algorithm": "grpo",
+    fill = {"run_dir": str(run), "run": str(run), "rm_dir": str(run), "what": bench, "lesson": "bigram", "algorithm": "grpo",
             "expression": "1+2", "folder": str(run)}
     extra = {"train": ["--preset", "tiny", "--max-iters", "1", "--out-dir", str(tmp / "out"), "--no-progress"],
              "sft": ["--max-iters", "1", "--out-dir", str(tmp / "out"), "--no-progress"],
