@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from quillgpt.cli import main
 from quillgpt.config import preset
@@ -36,6 +37,8 @@ def test_bench_train_reports_every_variant() -> None:
         assert row["ms_per_step"] > 0 and row["mfu"] > 0 and row["tflops"] > 0
     table = format_train_table(result)
     assert "| classic fp32 |" in table and "1.00x" in table and "measured matmul peak" in table
+    assert ("no fast bf16 here" in table) == (not result["fast_bf16"])
+    assert "no fast bf16 here" in format_train_table({**result, "fast_bf16": False})
 
 
 def test_flops_per_token_for_the_lecture_gpt() -> None:
@@ -72,3 +75,22 @@ def test_bench_prepare_measures_a_child_process(tmp_path: Path, small_text: str)
     assert f"| {result['chars'] / result['tokens']:.2f} |" in table
     with pytest.raises(DataError, match="not found"):
         bench_prepare(texts=[str(tmp_path / "missing.txt")])
+
+
+def test_the_matmul_peak_grows_its_side_only_while_a_product_is_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    import quillgpt.speed as speed
+
+    sides: list[int] = []
+
+    def fake_timed(fn, device):  # a product of side n "takes" n^3 / 512^3 * 0.2 s: 512 is the last under budget
+        product = fn()
+        sides.append(product.shape[0])
+        return 0.2 * (product.shape[0] / 512) ** 3
+
+    monkeypatch.setattr(speed, "_timed", fake_timed)
+    flops, side = speed.measure_matmul_peak(torch.device("cpu"), torch.float32, size=2048, repeats=2, budget_s=0.25)
+    assert sides == [256, 512, 1024, 1024, 1024]  # 1024 took 1.6 s: measured there, never 2048
+    assert side == 1024 and flops == pytest.approx(2 * 1024**3 / 1.6)
+    sides.clear()
+    speed.measure_matmul_peak(torch.device("cpu"), torch.float32, size=512, repeats=1, budget_s=100.0)
+    assert sides == [256, 512, 512]  # a fast dtype stops at the size asked for

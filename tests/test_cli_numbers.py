@@ -152,8 +152,8 @@ def argv_for(command: str, flag: str, value: str, runs: dict[str, Path], tmp: Pa
     # quill bench's flags each belong to one of its benchmarks
     bench = {"--vocab-size": "prepare", "--new-tokens": "sample", "--clients": "serve", "--requests": "serve",
              "--tokens-per-request": "serve", "--time-limit": "serve"}.get(flag, "train")
-    fill = {"run_dir": str(run), "run": str(run), "rm_dir": str(run), "what": bench, "lesson": "bigram", "algorithm": "grpo",
-            "expression": "1+2", "folder": str(run)}
+    fill = {"run_dir": str(run), "run": str(run), "rm_dir": str(run), "what": bench, "lesson": "bigram",
+            "algorithm": "grpo", "expression": "1+2", "folder": str(run)}
     extra = {"train": ["--preset", "tiny", "--max-iters", "1", "--out-dir", str(tmp / "out"), "--no-progress"],
              "sft": ["--max-iters", "1", "--out-dir", str(tmp / "out"), "--no-progress"],
              "prepare": ["shakespeare", "--out", str(tmp / "data"), "--tokenizer", "bpe"],

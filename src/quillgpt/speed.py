@@ -26,7 +26,7 @@ import torch
 
 from quillgpt.config import RunConfig, preset
 from quillgpt.data import TokenDataset, TokenizerChoice, prepare_text
-from quillgpt.device import resolve_device
+from quillgpt.device import resolve_device, resolve_dtype
 from quillgpt.errors import DataError
 from quillgpt.models import build_model
 from quillgpt.sample import generate
@@ -103,13 +103,24 @@ def flops_per_token(config: RunConfig, n_params: int) -> float:
     return 6 * (n_params - n_embedding) + 12 * m.n_layer * m.n_embd * m.block_size
 
 
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a square matmul in ``dtype``: the practical peak MFU is measured against."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    a @ b  # warm-up
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5,
+                        budget_s: float = 0.25) -> tuple[float, int]:
+    """FLOP/s of a square matmul in ``dtype`` (the practical peak MFU is measured against), and its side.
+
+    The side doubles from 256 up to ``size`` only while one product takes under ``budget_s``: where a
+    dtype has no fast kernel (bf16 on a CPU without AMX/AVX512-BF16 runs ~30x slower than fp32) the
+    2048^3 product would take minutes, and a smaller one measures that slow rate just as well.
+    """
+    side, seconds = 256, 0.0
+    while True:
+        a = torch.randn(side, side, device=device).to(dtype)
+        b = torch.randn(side, side, device=device).to(dtype)
+        seconds = _timed(lambda a=a, b=b: a @ b, device)  # also the warm-up of this size
+        if side >= size or seconds >= budget_s:
+            break
+        side *= 2
     seconds = min(_timed(lambda: a @ b, device) for _ in range(repeats))
-    return 2 * size**3 / seconds
+    return 2 * side**3 / seconds, side
 
 
 def _synthetic_dataset(folder: Path, n_chars: int = 200_000, seed: int = 0) -> TokenDataset:
@@ -127,7 +138,8 @@ def bench_train(preset_name: str = "seed-gpt", steps: int = 5, warmup: int = 2, 
     base = preset(preset_name)
     if batch_size:
         base.train.batch_size = batch_size
-    peaks = {dt: measure_matmul_peak(dev, getattr(torch, dt)) for dt in ("float32", "bfloat16")}
+    measured = {dt: measure_matmul_peak(dev, getattr(torch, dt)) for dt in ("float32", "bfloat16")}
+    peaks = {dt: flops for dt, (flops, _) in measured.items()}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         dataset = _synthetic_dataset(Path(tmp) / "data")
@@ -148,17 +160,21 @@ def bench_train(preset_name: str = "seed-gpt", steps: int = 5, warmup: int = 2, 
             del trainer
     for row in rows:
         row["ratio"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
-    return {"rows": rows, "peaks": peaks, "device": str(dev), "preset": preset_name,
+    return {"rows": rows, "peaks": peaks, "peak_sides": {dt: side for dt, (_, side) in measured.items()},
+            "device": str(dev), "preset": preset_name, "fast_bf16": resolve_dtype("auto", dev) == torch.bfloat16,
             "batch_size": base.train.batch_size, "block_size": base.model.block_size}
 
 
 def format_train_table(result: dict) -> str:
-    peaks = result["peaks"]
+    peaks, sides = result["peaks"], result["peak_sides"]
     lines = [f"quill bench train: preset {result['preset']}, batch {result['batch_size']} x block "
              f"{result['block_size']}, device {result['device']}, torch {torch.__version__}",
-             f"measured matmul peak: fp32 {peaks['float32'] / 1e12:.2f} TFLOP/s, "
-             f"bf16 {peaks['bfloat16'] / 1e12:.2f} TFLOP/s (2048^3, same run)",
-             "",
+             f"measured matmul peak: fp32 {peaks['float32'] / 1e12:.2f} TFLOP/s ({sides['float32']}^3), "
+             f"bf16 {peaks['bfloat16'] / 1e12:.2f} TFLOP/s ({sides['bfloat16']}^3), same run"]
+    if not result["fast_bf16"]:
+        lines.append("note: no fast bf16 here (a CPU without AMX/AVX512-BF16): the bf16 rows run slow kernels, "
+                     "and --dtype auto trains in float32")
+    lines += ["",
              "| variant | ms/step | tokens/s | vs classic fp32 | TFLOP/s | MFU (vs measured peak of its dtype) |",
              "|---|---|---|---|---|---|"]
     for r in result["rows"]:
