@@ -273,13 +273,14 @@ def test_a_killed_exports_temp_output_is_cleaned_up_and_a_live_ones_kept(
                 stale.mkdir()
                 stale = stale / "model.safetensors"
             stale.write_bytes(b"half written")
-        (tmp_path / f".{name}.tmp-notapid").mkdir()  # not an export's name: none of ours
+        odd = [f".{name}.tmp-notapid", f".{name}.tmp-\u00b2", f".{name}.tmp-{'9' * 23}"]  # none of ours:
+        for folder in odd:  # a word, a superscript digit (int() refuses it), a number os.kill overflows on
+            (tmp_path / folder).mkdir()
         assert export(run, tmp_path / name, capsys, fmt)[0] == 0
     finally:
         live.kill()
         live.wait()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".{name}.tmp-{live.pid}", f".{name}.tmp-notapid",
-                                                                 name, "run"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".{name}.tmp-{live.pid}", *odd, name, "run"])
 
 
 def exited_pid() -> int:

@@ -66,6 +66,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # another user's process
+    except OverflowError:
+        return True  # not a PID this system could have made: leave it alone
     return True
 
 
@@ -82,7 +84,8 @@ def remove_stale_temps(out: Path) -> None:
         return
     for path in out.parent.iterdir():
         pid = path.name[len(prefix):] if path.name.startswith(prefix) else ""
-        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+        # ASCII digits only ('²'.isdigit() is true, int('²') fails), and no longer than a PID can be
+        if not (pid.isascii() and pid.isdigit() and len(pid) <= 10) or (int(pid) != os.getpid() and _alive(int(pid))):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
