@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import tomllib
@@ -207,7 +208,12 @@ def test_wandb_runs_offline_unless_logged_in_or_told(tmp_path: Path, monkeypatch
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     assert wandb_mode() == "offline"  # no key, no netrc file
+    import wandb
+
+    host = urlparse(wandb.Settings().base_url).hostname  # where this wandb's `wandb login` writes the key
     (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    assert wandb_mode() == ("online" if host == "api.wandb.ai" else "offline")  # another server's key
+    (tmp_path / "netrc").write_text(f"machine {host}\n  login user\n  password " + "k" * 40 + "\n")
     assert wandb_mode() == "online"  # what `wandb login` writes
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert wandb_mode() == "offline"  # WANDB_MODE wins

@@ -141,7 +141,9 @@ def wandb_mode() -> str:
         return os.environ["WANDB_MODE"]
     if os.environ.get("WANDB_API_KEY"):
         return "online"
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    # the server `wandb login` wrote the key for: wandb's own default (it changed across releases,
+    # api.wandb.ai before 0.31), or WANDB_BASE_URL
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or require("wandb").Settings().base_url).hostname or ""
     try:
         return "online" if netrc.netrc(os.environ.get("NETRC")).authenticators(host) else "offline"
     except (OSError, netrc.NetrcParseError):
